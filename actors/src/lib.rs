@@ -1,0 +1,32 @@
+//! Herald's actor system: the domain types, the typed messages between actors, the
+//! port traits that backends implement, and every actor.
+//!
+//! Dependencies point inward: this crate knows nothing about SQLite, Kafka, Redis or
+//! SMTP. The app crate implements the ports in [`ports`] and wires the actors.
+//!
+//! # Layout
+//! - [`domain`]: newtypes that parse (`Email`, `UserName`, `EventName`, `UserId`) and
+//!   the records that travel (`User`, `Notification`, bus events, mail).
+//! - [`messages`]: the typed actor messages (`Connect`, `Deliver`, `Push`, …).
+//! - [`ports`]: `Store`, `Bus`, `MailTransport` — what the actors need from outside.
+//! - [`health`]: the per-actor status board behind `/api/health/actors` and `/readyz`.
+//! - [`backoff`]: exponential backoff with full jitter, shared by retrying actors.
+//! - Actors, one per file: [`session`] (`WsSession`), [`registry`] (`Registry`),
+//!   [`writer`] (`NotificationWriter`), [`consumer`] (`Consumer`, one per topic),
+//!   [`outbox_relay`] (`OutboxRelay`), [`mailer`] (`Mailer`).
+//! - Topic handlers the consumers run: [`welcome`] (`user.created`) and [`delivery`]
+//!   (`notifications`).
+
+pub mod backoff;
+pub mod consumer;
+pub mod delivery;
+pub mod domain;
+pub mod health;
+pub mod mailer;
+pub mod messages;
+pub mod outbox_relay;
+pub mod ports;
+pub mod registry;
+pub mod session;
+pub mod welcome;
+pub mod writer;

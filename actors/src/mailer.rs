@@ -1,0 +1,183 @@
+//! `Mailer`: sends queued mail through the configured transport. The queue lives in the
+//! store, so mail survives restarts; each job has a stable id, so it is queued and sent
+//! at most once per logical email. Failed sends are retried with exponential backoff and
+//! full jitter without holding up the mail behind them, and dead-lettered after the
+//! last attempt.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use tracing::{error, info, instrument, warn};
+
+use crate::backoff::Backoff;
+use crate::domain::MailJob;
+use crate::health::{ActorStats, ActorStatus};
+use crate::messages::Nudge;
+use crate::ports::{MailError, MailTransport, Store};
+
+/// How many due jobs one pass takes.
+pub const BATCH: u32 = 50;
+
+/// Mailer tuning.
+#[derive(Debug, Clone)]
+pub struct MailerConfig {
+    /// How often the queue is checked without a nudge (for retries coming due).
+    pub poll_interval: Duration,
+    /// Retry delays.
+    pub backoff: Backoff,
+    /// Attempts before a mail is dead-lettered.
+    pub max_attempts: u32,
+}
+
+/// Sends queued mail.
+pub struct Mailer {
+    store: Arc<dyn Store>,
+    transport: Arc<dyn MailTransport>,
+    config: MailerConfig,
+    stats: Arc<ActorStats>,
+    busy: bool,
+    again: bool,
+}
+
+impl Mailer {
+    /// A mailer draining `store`'s queue into `transport`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        transport: Arc<dyn MailTransport>,
+        config: MailerConfig,
+        stats: Arc<ActorStats>,
+    ) -> Self {
+        Self {
+            store,
+            transport,
+            config,
+            stats,
+            busy: false,
+            again: false,
+        }
+    }
+
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        if self.busy {
+            self.again = true;
+            return;
+        }
+        self.busy = true;
+        self.again = false;
+        let store = Arc::clone(&self.store);
+        let transport = Arc::clone(&self.transport);
+        let config = self.config.clone();
+        let stats = Arc::clone(&self.stats);
+        ctx.spawn(
+            async move { send_due(&*store, &*transport, &config, &stats).await }
+                .into_actor(self)
+                .map(|full_batch, act, ctx| {
+                    act.busy = false;
+                    if full_batch || act.again {
+                        ctx.notify(Nudge);
+                    }
+                }),
+        );
+    }
+}
+
+/// Sends one batch of due mail; returns whether the batch was full (more may wait).
+#[instrument(skip_all)]
+async fn send_due(
+    store: &dyn Store,
+    transport: &dyn MailTransport,
+    config: &MailerConfig,
+    stats: &ActorStats,
+) -> bool {
+    let jobs = match store.due_mail(Utc::now(), BATCH).await {
+        Ok(jobs) => jobs,
+        Err(err) => {
+            warn!(error = %err, "mail queue unreadable");
+            stats.set_status(ActorStatus::Degraded);
+            return false;
+        }
+    };
+    let full = jobs.len() == BATCH as usize;
+    for job in jobs {
+        send_one(store, transport, config, stats, job).await;
+    }
+    full
+}
+
+async fn send_one(
+    store: &dyn Store,
+    transport: &dyn MailTransport,
+    config: &MailerConfig,
+    stats: &ActorStats,
+    job: MailJob,
+) {
+    let outcome = transport.send(&job).await;
+    let recorded = match outcome {
+        Ok(()) => {
+            info!(mail_id = %job.id, "mail sent");
+            stats.processed(1);
+            stats.set_status(ActorStatus::Running);
+            store.mark_mail_sent(&job.id).await
+        }
+        Err(err) => {
+            stats.failed(1);
+            let attempts = job.attempts + 1;
+            let retry_at = match &err {
+                MailError::Transient(_) if attempts < config.max_attempts => {
+                    let delay = config.backoff.delay(attempts - 1);
+                    chrono::Duration::from_std(delay)
+                        .ok()
+                        .map(|d| Utc::now() + d)
+                }
+                _ => None,
+            };
+            if retry_at.is_some() {
+                warn!(mail_id = %job.id, attempts, error = %err, "mail failed; will retry");
+                stats.set_status(ActorStatus::Degraded);
+            } else {
+                error!(mail_id = %job.id, attempts, error = %err, "mail dead-lettered");
+            }
+            store
+                .mark_mail_failed(&job.id, attempts, retry_at, &err.to_string())
+                .await
+        }
+    };
+    if let Err(err) = recorded {
+        error!(mail_id = %job.id, error = %err, "mail outcome not recorded");
+    }
+}
+
+impl Actor for Mailer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.busy = false;
+        self.stats.set_status(ActorStatus::Running);
+        self.stats.heartbeat();
+        ctx.run_interval(self.config.poll_interval, |act, ctx| {
+            act.stats.heartbeat();
+            act.drain(ctx);
+        });
+        self.drain(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.stats.set_status(ActorStatus::Stopped);
+    }
+}
+
+impl Supervised for Mailer {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.stats.restarted();
+    }
+}
+
+impl Handler<Nudge> for Mailer {
+    type Result = ();
+
+    fn handle(&mut self, _: Nudge, ctx: &mut Self::Context) {
+        self.drain(ctx);
+    }
+}

@@ -1,0 +1,111 @@
+//! Typed messages between actors. Data-path messages ([`Push`], [`Deliver`]) are sent
+//! with bounded `send`/`try_send`; `do_send` is kept for small control messages.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+
+use crate::domain::{NewNotification, Notification, NotificationId, UserId};
+use crate::ports::{IdempotentResponse, StoreError};
+
+/// Identifies one WebSocket connection within a node.
+pub type SessionId = u64;
+
+/// One encoded notification frame for a session. The frame text is shared (`ByteString`
+/// is reference counted), so fan-out copies a pointer, not the JSON.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct Push {
+    /// Notification id, for ordering and deduplication in the session.
+    pub id: NotificationId,
+    /// `true` for a user's own notification (part of their ordered history); `false`
+    /// for a broadcast, which is delivered as it comes.
+    pub targeted: bool,
+    /// The text frame.
+    pub frame: ByteString,
+}
+
+impl Push {
+    /// Builds the push for a stored notification.
+    pub fn of(notification: &Notification) -> Self {
+        Self {
+            id: notification.id,
+            targeted: notification.user_id.is_some(),
+            frame: notification.to_frame(),
+        }
+    }
+}
+
+/// Tells a session to close with a code and reason (slow consumer, shutdown, …).
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Human-readable reason sent in the close frame.
+    pub reason: &'static str,
+}
+
+/// A session registers with the registry.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Connect {
+    /// The authenticated user.
+    pub user_id: UserId,
+    /// The session's id.
+    pub session_id: SessionId,
+    /// Where pushes go.
+    pub push: Recipient<Push>,
+    /// Where close orders go.
+    pub close: Recipient<CloseSession>,
+}
+
+/// A session leaves the registry.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    /// The user.
+    pub user_id: UserId,
+    /// The session.
+    pub session_id: SessionId,
+}
+
+/// Deliver a push to every session of one user on this node.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Deliver {
+    /// Recipient.
+    pub user_id: UserId,
+    /// What to send.
+    pub push: Push,
+}
+
+/// Deliver a push to every session on this node.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Broadcast {
+    /// What to send.
+    pub push: Push,
+}
+
+/// Asks the registry how many sessions it holds.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountSessions;
+
+/// Store a notification and put it on the bus, in one writer so ids are published in
+/// commit order.
+#[derive(Message)]
+#[rtype(result = "Result<(Arc<Notification>, bool), StoreError>")]
+pub struct Publish {
+    /// The notification.
+    pub notification: NewNotification,
+    /// An idempotent response to store in the same transaction.
+    pub response: Option<IdempotentResponse>,
+}
+
+/// Wakes an actor that polls a queue (outbox relay, mailer) because work was added.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct Nudge;

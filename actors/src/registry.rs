@@ -1,0 +1,164 @@
+//! `Registry`: which sessions on this node belong to which user. Consumers hand it
+//! pushes; it forwards them to the sessions' mailboxes without waiting on any of them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::warn;
+
+use crate::domain::UserId;
+use crate::health::{ActorStats, ActorStatus};
+use crate::messages::{
+    Broadcast, CloseSession, Connect, CountSessions, Deliver, Disconnect, Push, SessionId,
+};
+
+/// How often the registry reports its heartbeat and session count.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Close code for a session whose outbound queue is full: the client is not reading.
+pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
+
+struct SessionHandle {
+    id: SessionId,
+    push: Recipient<Push>,
+    close: Recipient<CloseSession>,
+}
+
+/// The user → sessions map of this node.
+pub struct Registry {
+    users: HashMap<UserId, Vec<SessionHandle>>,
+    sessions: usize,
+    stats: Arc<ActorStats>,
+}
+
+impl Registry {
+    /// An empty registry reporting to `stats`.
+    pub fn new(stats: Arc<ActorStats>) -> Self {
+        Self {
+            users: HashMap::new(),
+            sessions: 0,
+            stats,
+        }
+    }
+
+    /// Queues `push` for one session; a full queue means the client stopped reading, so
+    /// the session is told to close rather than buffering without bound. Nothing is
+    /// lost: the notification is in history and the client resumes from its last id.
+    fn offer(session: &SessionHandle, push: Push) -> bool {
+        match session.push.try_send(push) {
+            Ok(()) => true,
+            Err(SendError::Full(_)) => {
+                warn!(
+                    session_id = session.id,
+                    "outbound queue full; closing slow consumer"
+                );
+                session.close.do_send(CloseSession {
+                    code: CLOSE_SLOW_CONSUMER,
+                    reason: "slow consumer: outbound queue full",
+                });
+                false
+            }
+            Err(SendError::Closed(_)) => false,
+        }
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.stats.set_status(ActorStatus::Running);
+        self.stats.heartbeat();
+        ctx.run_interval(HEARTBEAT_INTERVAL, |act, _| {
+            act.stats.heartbeat();
+            act.stats.set_detail("sessions", act.sessions);
+            act.stats.set_detail("users", act.users.len());
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.stats.set_status(ActorStatus::Stopped);
+    }
+}
+
+impl Supervised for Registry {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.stats.restarted();
+        // Sessions notice the restart when their pushes stop; clear state so no handle
+        // to a dead session survives.
+        self.users.clear();
+        self.sessions = 0;
+    }
+}
+
+impl Handler<Connect> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Connect, _: &mut Self::Context) {
+        self.users
+            .entry(msg.user_id)
+            .or_default()
+            .push(SessionHandle {
+                id: msg.session_id,
+                push: msg.push,
+                close: msg.close,
+            });
+        self.sessions += 1;
+    }
+}
+
+impl Handler<Disconnect> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnect, _: &mut Self::Context) {
+        if let Some(list) = self.users.get_mut(&msg.user_id) {
+            let before = list.len();
+            list.retain(|s| s.id != msg.session_id);
+            self.sessions -= before - list.len();
+            if list.is_empty() {
+                self.users.remove(&msg.user_id);
+            }
+        }
+    }
+}
+
+impl Handler<Deliver> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> usize {
+        self.stats.processed(1);
+        let Some(list) = self.users.get(&msg.user_id) else {
+            return 0;
+        };
+        match list.as_slice() {
+            [only] => usize::from(Self::offer(only, msg.push)),
+            many => many
+                .iter()
+                .filter(|s| Self::offer(s, msg.push.clone()))
+                .count(),
+        }
+    }
+}
+
+impl Handler<Broadcast> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, msg: Broadcast, _: &mut Self::Context) -> usize {
+        self.stats.processed(1);
+        self.users
+            .values()
+            .flatten()
+            .filter(|s| Self::offer(s, msg.push.clone()))
+            .count()
+    }
+}
+
+impl Handler<CountSessions> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, _: CountSessions, _: &mut Self::Context) -> usize {
+        self.sessions
+    }
+}

@@ -1,0 +1,383 @@
+//! `WsSession`: one actor per WebSocket connection. It registers with the registry,
+//! writes pushes to the socket in order, replays history on `resume` without gaps or
+//! duplicates across the switch to live, answers pings, and closes idle, expired,
+//! misbehaving or slow connections with a code that tells the client why.
+//!
+//! This is the only file that touches `actix-web-actors` (deprecated upstream): a
+//! replacement only has to change it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use tracing::{debug, warn};
+
+use crate::domain::{Notification, NotificationId, UserId};
+use crate::messages::{CloseSession, Connect, Disconnect, Push, SessionId};
+use crate::ports::Store;
+use crate::registry::Registry;
+
+/// Close code: the connection carried no token.
+pub const CLOSE_MISSING_TOKEN: u16 = 4001;
+/// Close code: the token was invalid or already expired.
+pub const CLOSE_INVALID_TOKEN: u16 = 4002;
+/// Close code: the token expired while connected; reconnect with a fresh one.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4003;
+/// Close code: the outbound queue overflowed because the client is not reading.
+pub const CLOSE_SLOW_CONSUMER: u16 = crate::registry::CLOSE_SLOW_CONSUMER;
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Session tuning, from the `[websocket]` configuration section.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// How often the server pings.
+    pub heartbeat_interval: Duration,
+    /// A client silent for this long is disconnected.
+    pub client_timeout: Duration,
+    /// Largest client frame accepted; bigger ones close with 1009.
+    pub max_frame_bytes: usize,
+    /// Pushes that may wait for the socket before the client counts as slow.
+    pub outbound_queue: usize,
+    /// History rows fetched per query while resuming.
+    pub replay_page: u32,
+}
+
+/// The outcome of authenticating the upgrade request.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// A valid token for `user_id`, good until `expires_at`.
+    Accepted {
+        /// The user.
+        user_id: UserId,
+        /// Token expiry; the session closes with 4003 then.
+        expires_at: DateTime<Utc>,
+    },
+    /// The connection is upgraded only to be closed with `code`, so that browser
+    /// clients (which cannot read an HTTP error on upgrade) learn why.
+    Rejected {
+        /// 4001 or 4002.
+        code: u16,
+        /// Reason in the close frame.
+        reason: String,
+    },
+}
+
+/// Frames a client may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientFrame {
+    Ping,
+    Resume { after: NotificationId },
+}
+
+/// Whether pushes go straight to the socket or wait for a replay to finish.
+enum Delivery {
+    Live,
+    Replaying { buffer: Vec<Push> },
+}
+
+/// One WebSocket connection.
+pub struct WsSession {
+    id: SessionId,
+    admission: Admission,
+    registry: Addr<Registry>,
+    store: Arc<dyn Store>,
+    config: SessionConfig,
+    last_seen: Instant,
+    delivery: Delivery,
+    /// Highest targeted id written to the socket: anything at or below it was sent.
+    last_sent: Option<NotificationId>,
+    /// First targeted id that arrived live: every later one of this user was pushed
+    /// live too, so a `resume` only needs history below it.
+    first_live: Option<NotificationId>,
+    /// `?after=` on the upgrade: replay from there before going live.
+    initial_after: Option<NotificationId>,
+    registered: bool,
+}
+
+impl WsSession {
+    /// A session for an authenticated (or rejected) upgrade.
+    pub fn new(
+        admission: Admission,
+        registry: Addr<Registry>,
+        store: Arc<dyn Store>,
+        config: SessionConfig,
+        initial_after: Option<NotificationId>,
+    ) -> Self {
+        Self {
+            id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+            admission,
+            registry,
+            store,
+            config,
+            last_seen: Instant::now(),
+            delivery: Delivery::Live,
+            last_sent: None,
+            first_live: None,
+            initial_after,
+            registered: false,
+        }
+    }
+
+    fn user_id(&self) -> Option<UserId> {
+        match self.admission {
+            Admission::Accepted { user_id, .. } => Some(user_id),
+            Admission::Rejected { .. } => None,
+        }
+    }
+
+    fn close(ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        ctx.close(Some(CloseReason {
+            code: CloseCode::from(code),
+            description: Some(reason.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    fn send_error(ctx: &mut ws::WebsocketContext<Self>, code: &str, detail: &str) {
+        let frame = serde_json::json!({ "type": "error", "code": code, "detail": detail });
+        ctx.text(frame.to_string());
+    }
+
+    /// Writes a push that arrived live.
+    fn deliver_live(&mut self, push: Push, ctx: &mut ws::WebsocketContext<Self>) {
+        if push.targeted {
+            if self.last_sent.is_some_and(|last| push.id <= last) {
+                // Already written by a replay that read it from history.
+                return;
+            }
+            self.last_sent = Some(push.id);
+            self.first_live.get_or_insert(push.id);
+        }
+        ctx.text(push.frame);
+    }
+
+    fn deliver_replayed(
+        &mut self,
+        notification: &Notification,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        if self.last_sent.is_some_and(|last| notification.id <= last) {
+            return;
+        }
+        self.last_sent = Some(notification.id);
+        ctx.text(notification.to_frame());
+    }
+
+    fn start_replay(&mut self, after: NotificationId, ctx: &mut ws::WebsocketContext<Self>) {
+        if matches!(self.delivery, Delivery::Replaying { .. }) {
+            Self::send_error(ctx, "resume_in_progress", "a resume is already running");
+            return;
+        }
+        self.delivery = Delivery::Replaying { buffer: Vec::new() };
+        // Ids from `first_live` on were all pushed live already.
+        let before = self.first_live;
+        self.replay_page(after, before, ctx);
+    }
+
+    fn replay_page(
+        &mut self,
+        after: NotificationId,
+        before: Option<NotificationId>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let Some(user_id) = self.user_id() else {
+            return;
+        };
+        let store = Arc::clone(&self.store);
+        let page = self.config.replay_page;
+        ctx.spawn(
+            async move { store.history(user_id, after, before, page).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(rows) => {
+                        for row in &rows {
+                            act.deliver_replayed(row, ctx);
+                        }
+                        match rows.last() {
+                            Some(last) if rows.len() == page as usize => {
+                                act.replay_page(last.id, before, ctx)
+                            }
+                            _ => act.finish_replay(ctx),
+                        }
+                    }
+                    Err(err) => {
+                        warn!(error = %err, "history unavailable for resume");
+                        Self::send_error(
+                            ctx,
+                            "history_unavailable",
+                            "history could not be read; resume again",
+                        );
+                        act.finish_replay(ctx);
+                    }
+                }),
+        );
+    }
+
+    /// Switches to live: flushes what arrived during the replay, skipping what the
+    /// replay already sent.
+    fn finish_replay(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Delivery::Replaying { buffer } =
+            std::mem::replace(&mut self.delivery, Delivery::Live)
+        {
+            for push in buffer {
+                self.deliver_live(push, ctx);
+            }
+        }
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        match serde_json::from_str::<ClientFrame>(text) {
+            Ok(ClientFrame::Ping) => ctx.text(r#"{"type":"pong"}"#),
+            Ok(ClientFrame::Resume { after }) if after < 0 => Self::send_error(
+                ctx,
+                "invalid_frame",
+                "`after` must be a notification id (0 or more)",
+            ),
+            Ok(ClientFrame::Resume { after }) => self.start_replay(after, ctx),
+            Err(err) => Self::send_error(
+                ctx,
+                "invalid_frame",
+                &format!(
+                    "expected {{\"type\":\"ping\"}} or {{\"type\":\"resume\",\"after\":ID}}: {err}"
+                ),
+            ),
+        }
+    }
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let (user_id, expires_at) = match &self.admission {
+            Admission::Rejected { code, reason } => {
+                let (code, reason) = (*code, reason.clone());
+                Self::close(ctx, code, &reason);
+                return;
+            }
+            Admission::Accepted {
+                user_id,
+                expires_at,
+            } => (*user_id, *expires_at),
+        };
+        ctx.set_mailbox_capacity(self.config.outbound_queue);
+
+        ctx.run_interval(self.config.heartbeat_interval, |act, ctx| {
+            if act.last_seen.elapsed() > act.config.client_timeout {
+                debug!(session_id = act.id, "client timed out");
+                Self::close(ctx, 1001, "idle timeout");
+            } else {
+                ctx.ping(b"");
+            }
+        });
+
+        let remaining = (expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        ctx.run_later(remaining, |_, ctx| {
+            Self::close(ctx, CLOSE_TOKEN_EXPIRED, "token expired");
+        });
+
+        let connect = Connect {
+            user_id,
+            session_id: self.id,
+            push: ctx.address().recipient(),
+            close: ctx.address().recipient(),
+        };
+        // Register before reading any client frame, so a resume can never miss a push.
+        self.registry
+            .send(connect)
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok(()) => {
+                    act.registered = true;
+                    if let Some(after) = act.initial_after {
+                        act.start_replay(after, ctx);
+                    }
+                }
+                Err(_) => Self::close(ctx, 1011, "registry unavailable"),
+            })
+            .wait(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let (true, Some(user_id)) = (self.registered, self.user_id()) {
+            self.registry.do_send(Disconnect {
+                user_id,
+                session_id: self.id,
+            });
+        }
+    }
+}
+
+impl Handler<Push> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, push: Push, ctx: &mut Self::Context) {
+        match &mut self.delivery {
+            Delivery::Live => self.deliver_live(push, ctx),
+            Delivery::Replaying { buffer } if buffer.len() < self.config.outbound_queue => {
+                buffer.push(push)
+            }
+            Delivery::Replaying { .. } => Self::close(
+                ctx,
+                CLOSE_SLOW_CONSUMER,
+                "slow consumer: too many pushes during resume",
+            ),
+        }
+    }
+}
+
+impl Handler<CloseSession> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        Self::close(ctx, msg.code, msg.reason);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
+    fn handle(&mut self, item: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_seen = Instant::now();
+        match item {
+            Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
+            Ok(ws::Message::Ping(bytes)) => ctx.pong(&bytes),
+            Ok(ws::Message::Pong(_) | ws::Message::Nop) => {}
+            Ok(ws::Message::Binary(_)) => {
+                Self::close(ctx, 1003, "binary frames are not supported; send JSON text")
+            }
+            Ok(ws::Message::Continuation(_)) => {
+                Self::close(ctx, 1003, "fragmented messages are not supported")
+            }
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(ProtocolError::Overflow) => Self::close(ctx, 1009, "frame too large"),
+            Err(err) => {
+                debug!(session_id = self.id, error = %err, "websocket protocol error");
+                Self::close(ctx, 1002, "protocol error");
+            }
+        }
+    }
+}
+
+/// Upgrades `req` to a WebSocket run by `session`.
+///
+/// # Errors
+/// When the request is not a valid WebSocket upgrade (answered with 400 by actix).
+pub fn start(
+    session: WsSession,
+    req: &HttpRequest,
+    stream: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    let frame_size = session.config.max_frame_bytes;
+    ws::WsResponseBuilder::new(session, req, stream)
+        .frame_size(frame_size)
+        .start()
+}

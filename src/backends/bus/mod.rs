@@ -1,0 +1,3 @@
+//! Bus adapters.
+
+pub mod sqlite;

@@ -1,0 +1,3 @@
+//! Mail transport adapters.
+
+pub mod file;

@@ -1,0 +1,5 @@
+//! Adapters: the implementations of the actor crate's ports, one file per backend.
+
+pub mod bus;
+pub mod mail;
+pub mod store;

@@ -1,0 +1,642 @@
+//! The embedded store: one SQLite file under the data directory, in WAL mode.
+//!
+//! All writes go through one connection (SQLite has one writer anyway), which also
+//! makes notification ids grow in commit order. Reads use their own connections so
+//! they never queue behind writes. Calls run on tokio's blocking pool.
+//!
+//! Durability: `synchronous=NORMAL` in WAL mode survives a process crash (SIGKILL)
+//! without losing a committed transaction; only an OS crash or power loss can drop the
+//! last few.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use serde_json::value::RawValue;
+
+use herald_actors::domain::{
+    Audience, Email, EventName, MailJob, NewNotification, Notification, NotificationId,
+    OutboxEvent, Topic, User, UserId, UserName,
+};
+use herald_actors::ports::{Credentials, IdempotencyClaim, IdempotentResponse, Store, StoreError};
+
+/// The schema, in order. Applied once each and recorded in `schema_migrations`.
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "users",
+        include_str!("../../../migrations/sqlite/0001_users.sql"),
+    ),
+    (
+        2,
+        "outbox",
+        include_str!("../../../migrations/sqlite/0002_outbox.sql"),
+    ),
+    (
+        3,
+        "notifications",
+        include_str!("../../../migrations/sqlite/0003_notifications.sql"),
+    ),
+    (
+        4,
+        "mail",
+        include_str!("../../../migrations/sqlite/0004_mail.sql"),
+    ),
+    (
+        5,
+        "bus",
+        include_str!("../../../migrations/sqlite/0005_bus.sql"),
+    ),
+];
+
+/// Read connections kept open.
+const READERS: usize = 2;
+
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+/// The SQLite database: one writer, a few readers. Shared by the store and the
+/// embedded bus.
+pub struct SqliteDb {
+    writer: Arc<Mutex<Connection>>,
+    readers: Vec<Arc<Mutex<Connection>>>,
+    next_reader: AtomicUsize,
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl SqliteDb {
+    /// Opens (creating if needed) the database at `path` and applies pending
+    /// migrations.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or a migration fails.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut writer = open_connection(path).map_err(unavailable)?;
+        migrate(&mut writer).map_err(unavailable)?;
+        let readers = (0..READERS)
+            .map(|_| open_connection(path).map(|c| Arc::new(Mutex::new(c))))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(unavailable)?;
+        Ok(Self {
+            writer: Arc::new(Mutex::new(writer)),
+            readers,
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `f` on the writer connection, on the blocking pool.
+    ///
+    /// # Errors
+    /// The error `f` returns, or `Unavailable` when the task dies.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.writer);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| unavailable("writer connection poisoned"))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    /// Runs `f` on a reader connection, on the blocking pool.
+    ///
+    /// # Errors
+    /// The error `f` returns, or `Unavailable` when the task dies.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        let conn = Arc::clone(&self.readers[index]);
+        tokio::task::spawn_blocking(move || {
+            let guard = conn
+                .lock()
+                .map_err(|_| unavailable("reader connection poisoned"))?;
+            f(&guard)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+/// Applies the migrations not yet applied; returns how many ran. Re-running is a no-op.
+///
+/// # Errors
+/// When a migration fails (it is rolled back).
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<usize> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
+    )?;
+    let mut applied = 0;
+    for (version, name, sql) in MIGRATIONS {
+        let tx = conn.transaction()?;
+        let done: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
+            [version],
+            |r| r.get(0),
+        )?;
+        if !done {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+                params![version, name, Utc::now().to_rfc3339()],
+            )?;
+            applied += 1;
+        }
+        tx.commit()?;
+    }
+    Ok(applied)
+}
+
+/// The store port over [`SqliteDb`].
+pub struct SqliteStore {
+    db: Arc<SqliteDb>,
+}
+
+impl SqliteStore {
+    /// A store over `db`.
+    pub fn new(db: Arc<SqliteDb>) -> Self {
+        Self { db }
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn parse_time(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+fn corrupt(what: &str) -> rusqlite::Error {
+    rusqlite::Error::InvalidColumnName(format!("stored {what} is invalid"))
+}
+
+fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    let id: String = row.get("id")?;
+    let email: String = row.get("email")?;
+    let name: String = row.get("name")?;
+    let created_at: String = row.get("created_at")?;
+    Ok(User {
+        id: id.parse().map_err(|_| corrupt("user id"))?,
+        email: Email::parse(&email).map_err(|_| corrupt("email"))?,
+        name: UserName::parse(&name).map_err(|_| corrupt("name"))?,
+        created_at: parse_time(&created_at),
+    })
+}
+
+fn notification_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Notification> {
+    let user_id: Option<String> = row.get("user_id")?;
+    let event: String = row.get("event")?;
+    let payload: String = row.get("payload")?;
+    let created_at: String = row.get("created_at")?;
+    Ok(Notification {
+        id: row.get("id")?,
+        user_id: user_id
+            .map(|u| u.parse::<UserId>())
+            .transpose()
+            .map_err(|_| corrupt("user id"))?,
+        event: EventName::parse(&event).map_err(|_| corrupt("event"))?,
+        payload: RawValue::from_string(payload).map_err(|_| corrupt("payload"))?,
+        created_at: parse_time(&created_at),
+    })
+}
+
+fn store_response(
+    tx: &rusqlite::Transaction<'_>,
+    response: &IdempotentResponse,
+    body: &[u8],
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE idempotency_keys SET status = ?3, body = ?4 WHERE scope = ?1 AND key = ?2",
+        params![response.scope, response.key, response.status, body],
+    )?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.db
+            .read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable))
+            .await
+    }
+
+    async fn create_user(
+        &self,
+        user: &User,
+        password_hash: &str,
+        event: &OutboxEvent,
+        response: Option<&IdempotentResponse>,
+    ) -> Result<(), StoreError> {
+        let (user, hash, event, response) = (
+            user.clone(),
+            password_hash.to_owned(),
+            event.clone(),
+            response.cloned(),
+        );
+        self.db
+            .write(move |conn| {
+                let tx = conn.transaction().map_err(unavailable)?;
+                let inserted = tx.execute(
+                    "INSERT INTO users (id, email, email_normalized, name, password_hash, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        user.id.to_string(),
+                        user.email.as_str(),
+                        user.email.normalized(),
+                        user.name.as_str(),
+                        hash,
+                        user.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                    ],
+                );
+                match inserted {
+                    Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => {
+                        return Err(StoreError::EmailTaken)
+                    }
+                    other => other.map_err(unavailable)?,
+                };
+                tx.execute(
+                    "INSERT INTO outbox (topic, key, payload, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![event.topic.as_str(), event.key, event.payload.as_ref(), now_ms()],
+                )
+                .map_err(unavailable)?;
+                if let Some(response) = &response {
+                    store_response(&tx, response, &response.body).map_err(unavailable)?;
+                }
+                tx.commit().map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn credentials_by_email(&self, email: &Email) -> Result<Option<Credentials>, StoreError> {
+        let normalized = email.normalized();
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT id, email, name, created_at, password_hash FROM users WHERE email_normalized = ?1",
+                    [normalized],
+                    |row| {
+                        Ok(Credentials {
+                            user: user_from_row(row)?,
+                            password_hash: row.get("password_hash")?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT id, email, name, created_at FROM users WHERE id = ?1",
+                    [id.to_string()],
+                    user_from_row,
+                )
+                .optional()
+                .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        request_hash: &str,
+        in_flight_timeout_secs: i64,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let (scope, key, hash) = (scope.to_owned(), key.to_owned(), request_hash.to_owned());
+        self.db
+            .write(move |conn| {
+                let tx = conn.transaction().map_err(unavailable)?;
+                let existing: Option<(String, Option<u16>, Option<Vec<u8>>, i64)> = tx
+                    .query_row(
+                        "SELECT request_hash, status, body, created_at_ms FROM idempotency_keys
+                         WHERE scope = ?1 AND key = ?2",
+                        params![scope, key],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )
+                    .optional()
+                    .map_err(unavailable)?;
+                let now = now_ms();
+                let claim = match existing {
+                    None => {
+                        tx.execute(
+                            "INSERT INTO idempotency_keys (scope, key, request_hash, created_at_ms)
+                             VALUES (?1, ?2, ?3, ?4)",
+                            params![scope, key, hash, now],
+                        )
+                        .map_err(unavailable)?;
+                        IdempotencyClaim::Claimed
+                    }
+                    Some((stored_hash, _, _, _)) if stored_hash != hash => IdempotencyClaim::Mismatch,
+                    Some((_, Some(status), body, _)) => IdempotencyClaim::Replay {
+                        status,
+                        body: Bytes::from(body.unwrap_or_default()),
+                    },
+                    Some((_, None, _, created)) if now - created > in_flight_timeout_secs * 1000 => {
+                        tx.execute(
+                            "UPDATE idempotency_keys SET created_at_ms = ?3 WHERE scope = ?1 AND key = ?2",
+                            params![scope, key, now],
+                        )
+                        .map_err(unavailable)?;
+                        IdempotencyClaim::Claimed
+                    }
+                    Some(_) => IdempotencyClaim::InFlight,
+                };
+                tx.commit().map_err(unavailable)?;
+                Ok(claim)
+            })
+            .await
+    }
+
+    async fn complete_idempotency_key(
+        &self,
+        response: &IdempotentResponse,
+    ) -> Result<(), StoreError> {
+        let response = response.clone();
+        self.db
+            .write(move |conn| {
+                let tx = conn.transaction().map_err(unavailable)?;
+                store_response(&tx, &response, &response.body).map_err(unavailable)?;
+                tx.commit().map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND status IS NULL",
+                    params![scope, key],
+                )
+                .map(|_| ())
+                .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn prune_idempotency_keys(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
+        let cutoff = older_than.timestamp_millis();
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "DELETE FROM idempotency_keys WHERE created_at_ms < ?1",
+                    [cutoff],
+                )
+                .map(|n| n as u64)
+                .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn insert_notification(
+        &self,
+        notification: &NewNotification,
+        response: Option<&IdempotentResponse>,
+    ) -> Result<(Notification, bool), StoreError> {
+        let (new, response) = (notification.clone(), response.cloned());
+        self.db
+            .write(move |conn| {
+                let tx = conn.transaction().map_err(unavailable)?;
+                if let Some(key) = &new.dedupe_key {
+                    let existing = tx
+                        .query_row(
+                            "SELECT id, user_id, event, payload, created_at FROM notifications WHERE dedupe_key = ?1",
+                            [key],
+                            notification_from_row,
+                        )
+                        .optional()
+                        .map_err(unavailable)?;
+                    if let Some(existing) = existing {
+                        return Ok((existing, false));
+                    }
+                }
+                let user_id = match new.audience {
+                    Audience::User(id) => Some(id),
+                    Audience::Broadcast => None,
+                };
+                let created_at = Utc::now();
+                tx.execute(
+                    "INSERT INTO notifications (user_id, event, payload, dedupe_key, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        user_id.map(|u| u.to_string()),
+                        new.event.as_str(),
+                        new.payload.get(),
+                        new.dedupe_key,
+                        created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                    ],
+                )
+                .map_err(unavailable)?;
+                let id: NotificationId = tx.last_insert_rowid();
+                if let Some(response) = &response {
+                    let body = serde_json::to_vec(&serde_json::json!({ "id": id })).map_err(unavailable)?;
+                    store_response(&tx, response, &body).map_err(unavailable)?;
+                }
+                tx.commit().map_err(unavailable)?;
+                let created_at = parse_time(&created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+                Ok((
+                    Notification {
+                        id,
+                        user_id,
+                        event: new.event,
+                        payload: new.payload,
+                        created_at,
+                    },
+                    true,
+                ))
+            })
+            .await
+    }
+
+    async fn history(
+        &self,
+        user: UserId,
+        after: NotificationId,
+        before: Option<NotificationId>,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.db
+            .read(move |c| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "SELECT id, user_id, event, payload, created_at FROM notifications
+                         WHERE user_id = ?1 AND id > ?2 AND id < ?3 ORDER BY id LIMIT ?4",
+                    )
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map(
+                        params![user.to_string(), after, before.unwrap_or(i64::MAX), limit],
+                        notification_from_row,
+                    )
+                    .map_err(unavailable)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn pending_outbox(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
+        self.db
+            .read(move |c| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "SELECT id, topic, key, payload FROM outbox WHERE published_at_ms IS NULL ORDER BY id LIMIT ?1",
+                    )
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map([limit], |r| {
+                        let topic: String = r.get(1)?;
+                        let payload: Vec<u8> = r.get(3)?;
+                        Ok(OutboxEvent {
+                            id: r.get(0)?,
+                            topic: Topic::from_name(&topic).ok_or_else(|| corrupt("topic"))?,
+                            key: r.get(2)?,
+                            payload: Bytes::from(payload),
+                        })
+                    })
+                    .map_err(unavailable)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn mark_outbox_published(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let ids = ids.to_vec();
+        self.db
+            .write(move |conn| {
+                let tx = conn.transaction().map_err(unavailable)?;
+                {
+                    let mut stmt = tx
+                        .prepare_cached("UPDATE outbox SET published_at_ms = ?2 WHERE id = ?1")
+                        .map_err(unavailable)?;
+                    let now = now_ms();
+                    for id in ids {
+                        stmt.execute(params![id, now]).map_err(unavailable)?;
+                    }
+                    // Published events are kept a day for inspection, then dropped.
+                    tx.execute(
+                        "DELETE FROM outbox WHERE published_at_ms < ?1",
+                        [now - 24 * 3600 * 1000],
+                    )
+                    .map_err(unavailable)?;
+                }
+                tx.commit().map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn enqueue_mail(&self, job: &MailJob) -> Result<bool, StoreError> {
+        let job = job.clone();
+        self.db
+            .write(move |conn| {
+                let now = now_ms();
+                conn.execute(
+                    "INSERT INTO mail_queue (id, to_email, to_name, subject, body, next_attempt_ms, created_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (id) DO NOTHING",
+                    params![job.id, job.to.as_str(), job.to_name, job.subject, job.body, now],
+                )
+                .map(|n| n == 1)
+                .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn due_mail(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<MailJob>, StoreError> {
+        let now = now.timestamp_millis();
+        self.db
+            .read(move |c| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "SELECT id, to_email, to_name, subject, body, attempts FROM mail_queue
+                         WHERE status = 'pending' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms LIMIT ?2",
+                    )
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map(params![now, limit], |r| {
+                        let to: String = r.get(1)?;
+                        Ok(MailJob {
+                            id: r.get(0)?,
+                            to: Email::parse(&to).map_err(|_| corrupt("email"))?,
+                            to_name: r.get(2)?,
+                            subject: r.get(3)?,
+                            body: r.get(4)?,
+                            attempts: r.get(5)?,
+                        })
+                    })
+                    .map_err(unavailable)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn mark_mail_sent(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE mail_queue SET status = 'sent', sent_at_ms = ?2, attempts = attempts + 1 WHERE id = ?1",
+                    params![id, now_ms()],
+                )
+                .map(|_| ())
+                .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn mark_mail_failed(
+        &self,
+        id: &str,
+        attempts: u32,
+        retry_at: Option<DateTime<Utc>>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let (id, error) = (id.to_owned(), error.to_owned());
+        self.db
+            .write(move |conn| {
+                let (status, next) = match retry_at {
+                    Some(at) => ("pending", at.timestamp_millis()),
+                    None => ("dead", now_ms()),
+                };
+                conn.execute(
+                    "UPDATE mail_queue SET status = ?2, attempts = ?3, next_attempt_ms = ?4, last_error = ?5
+                     WHERE id = ?1",
+                    params![id, status, attempts, next, error],
+                )
+                .map(|_| ())
+                .map_err(unavailable)
+            })
+            .await
+    }
+}

@@ -1,0 +1,286 @@
+//! Typed configuration. Layers, lowest first: built-in defaults, `config.toml` (or
+//! `--config PATH`), environment variables `HERALD__SECTION__KEY`, command-line flags.
+//! Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use herald_actors::backoff::Backoff;
+use herald_actors::mailer::MailerConfig;
+use herald_actors::session::SessionConfig;
+
+/// Errors while loading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file, the environment or a flag did not fit the schema.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Value(String),
+}
+
+/// Which backends run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// SQLite, in-process bus, local registry, `.eml` files: no external service.
+    #[default]
+    Embedded,
+    /// PostgreSQL, Kafka, Redis and SMTP.
+    Production,
+}
+
+/// All settings.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Embedded or production backends.
+    pub mode: Mode,
+    /// HTTP listener and data directory.
+    pub server: ServerSettings,
+    /// Tokens.
+    pub auth: AuthSettings,
+    /// WebSocket sessions.
+    pub websocket: WebSocketSettings,
+    /// Transactional outbox relay.
+    pub outbox: OutboxSettings,
+    /// Outgoing mail.
+    pub mail: MailSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on; port 0 picks a free one.
+    pub bind: String,
+    /// Where embedded mode keeps its database, secret and mail.
+    pub data_dir: PathBuf,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// HTTP worker threads (0: one per core).
+    pub workers: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("data"),
+            max_body_bytes: 256 * 1024,
+            workers: 0,
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// HMAC secret for tokens (at least 32 bytes). Embedded mode generates one under
+    /// the data directory when unset; production mode requires it.
+    pub jwt_secret: Option<SecretString>,
+    /// Lifetime of login tokens.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            token_ttl_secs: 3600,
+        }
+    }
+}
+
+/// `[websocket]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketSettings {
+    /// Seconds between server pings.
+    pub heartbeat_interval_secs: u64,
+    /// Seconds of client silence before the session is closed.
+    pub client_timeout_secs: u64,
+    /// Largest client frame; larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Pushes queued per session before it counts as a slow consumer (close 1013).
+    pub outbound_queue: usize,
+}
+
+impl Default for WebSocketSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_secs: 15,
+            client_timeout_secs: 45,
+            max_frame_bytes: 64 * 1024,
+            outbound_queue: 1024,
+        }
+    }
+}
+
+/// `[outbox]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSettings {
+    /// Whether this node runs the relay. Nodes that only serve the API may leave
+    /// publishing to others.
+    pub relay: bool,
+    /// How often the relay looks for events besides being woken by writes.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            relay: true,
+            poll_interval_ms: 1000,
+        }
+    }
+}
+
+/// `[mail]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailSettings {
+    /// Sender address.
+    pub from: String,
+    /// How often the queue is checked for retries that came due.
+    pub poll_interval_ms: u64,
+    /// Attempts before a mail is dead-lettered.
+    pub max_attempts: u32,
+    /// Backoff base.
+    pub backoff_base_ms: u64,
+    /// Backoff cap.
+    pub backoff_cap_ms: u64,
+}
+
+impl Default for MailSettings {
+    fn default() -> Self {
+        Self {
+            from: "Herald <herald@localhost>".into(),
+            poll_interval_ms: 1000,
+            max_attempts: 8,
+            backoff_base_ms: 1000,
+            backoff_cap_ms: 300_000,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `tracing` filter, e.g. `info` or `herald=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Flag values that override file and environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--bind`.
+    pub bind: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Loads settings from `path` (required when given; `config.toml` in the working
+    /// directory is used if present otherwise), the environment and `overrides`.
+    ///
+    /// # Errors
+    /// A missing explicit file, malformed TOML, unknown keys or bad values.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let file = match path {
+            Some(p) => config::File::from(p).required(true),
+            None => config::File::with_name("config.toml").required(false),
+        };
+        let mut builder = config::Config::builder().add_source(file).add_source(
+            config::Environment::with_prefix("HERALD")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        if let Some(bind) = &overrides.bind {
+            builder = builder.set_override("server.bind", bind.as_str())?;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            builder = builder.set_override("server.data_dir", dir.to_string_lossy().as_ref())?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Value(m.to_owned()));
+        if self.websocket.client_timeout_secs <= self.websocket.heartbeat_interval_secs {
+            return bad(
+                "websocket.client_timeout_secs must exceed websocket.heartbeat_interval_secs",
+            );
+        }
+        if self.websocket.outbound_queue == 0 || self.websocket.max_frame_bytes < 128 {
+            return bad("websocket.outbound_queue must be positive and websocket.max_frame_bytes at least 128");
+        }
+        if self.auth.token_ttl_secs == 0 {
+            return bad("auth.token_ttl_secs must be positive");
+        }
+        if self.mail.max_attempts == 0 {
+            return bad("mail.max_attempts must be positive");
+        }
+        if self.mail.from.parse::<lettre::message::Mailbox>().is_err() {
+            return bad("mail.from must be an address like `Herald <herald@example.com>`");
+        }
+        Ok(())
+    }
+
+    /// Session tuning for the actors.
+    pub fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            heartbeat_interval: Duration::from_secs(self.websocket.heartbeat_interval_secs),
+            client_timeout: Duration::from_secs(self.websocket.client_timeout_secs),
+            max_frame_bytes: self.websocket.max_frame_bytes,
+            outbound_queue: self.websocket.outbound_queue,
+            replay_page: 500,
+        }
+    }
+
+    /// Mailer tuning for the actors.
+    pub fn mailer_config(&self) -> MailerConfig {
+        MailerConfig {
+            poll_interval: Duration::from_millis(self.mail.poll_interval_ms.max(10)),
+            backoff: Backoff {
+                base: Duration::from_millis(self.mail.backoff_base_ms),
+                cap: Duration::from_millis(self.mail.backoff_cap_ms),
+            },
+            max_attempts: self.mail.max_attempts,
+        }
+    }
+}

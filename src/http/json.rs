@@ -1,0 +1,74 @@
+//! Reading JSON request bodies: content type, size limit and parsing, each with its
+//! own clear error. Handlers take the raw bytes too, for idempotency hashing.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use super::problem::ApiError;
+
+/// Reads the body up to `limit` bytes.
+///
+/// # Errors
+/// [`ApiError::PayloadTooLarge`] past the limit (checked against `Content-Length`
+/// first, so a huge upload is refused before it is read), [`ApiError::InvalidJson`]
+/// when the upload breaks off.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::InvalidJson(format!("could not read body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Parses `body` as JSON into `T`, after checking the request said it was JSON.
+///
+/// # Errors
+/// [`ApiError::InvalidJson`] for a wrong content type, malformed JSON, or JSON of the
+/// wrong shape (unknown fields included), with serde's explanation.
+pub fn parse<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/json"
+        && !(essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        return Err(ApiError::InvalidJson(format!(
+            "Content-Type must be application/json, not `{}`",
+            if content_type.is_empty() {
+                "(none)"
+            } else {
+                content_type
+            }
+        )));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidJson(format!("request body is not valid: {e}")))
+}

@@ -1,0 +1,91 @@
+//! HTTP and WebSocket routes, one file per resource, attached with `configure`.
+
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest};
+
+use herald_actors::health::HealthBoard;
+use herald_actors::outbox_relay::OutboxRelay;
+use herald_actors::ports::Store;
+use herald_actors::registry::Registry;
+use herald_actors::session::SessionConfig;
+use herald_actors::writer::NotificationWriter;
+
+use crate::auth::jwt::{Claims, TokenService};
+
+pub mod idempotency;
+pub mod json;
+pub mod notifications;
+pub mod ops;
+pub mod problem;
+pub mod users;
+pub mod ws;
+
+use problem::ApiError;
+
+/// What handlers share: ports, actor addresses and settings they need per request.
+pub struct AppState {
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Token signing and checking.
+    pub tokens: TokenService,
+    /// The notification writer.
+    pub writer: Addr<NotificationWriter>,
+    /// The outbox relay, nudged after writes (absent when this node does not relay).
+    pub relay: Option<Addr<OutboxRelay>>,
+    /// The session registry.
+    pub registry: Addr<Registry>,
+    /// Actor health.
+    pub board: HealthBoard,
+    /// Session tuning.
+    pub session: SessionConfig,
+    /// Lifetime of login tokens.
+    pub token_ttl_secs: u64,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+}
+
+/// Mounts every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.configure(users::configure)
+        .configure(notifications::configure)
+        .configure(ws::configure)
+        .configure(ops::configure);
+}
+
+/// The token from `Authorization: Bearer …`, if the header is present.
+///
+/// # Errors
+/// 401 for a header that is not a bearer token.
+pub fn bearer_token(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(ApiError::Unauthorized(
+            "Authorization must be `Bearer <token>`",
+        )),
+    }
+}
+
+/// Verifies the request's bearer token.
+///
+/// # Errors
+/// 401 when it is missing, malformed, forged or expired.
+pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Claims, ApiError> {
+    let token = bearer_token(req)?.ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+    state
+        .tokens
+        .verify(token)
+        .map_err(|_| ApiError::Unauthorized("the token is invalid or expired"))
+}

@@ -1,0 +1,39 @@
+//! Operator endpoints: liveness, readiness and the actor health board.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::AppState;
+
+/// A critical actor whose heartbeat is older than this makes the node unready.
+pub const STALE_HEARTBEAT_MS: u64 = 5_000;
+
+/// Mounts the operator routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/livez", web::get().to(livez))
+        .route("/readyz", web::get().to(readyz))
+        .route("/api/health/actors", web::get().to(actors));
+}
+
+/// 200 while the process serves requests; never checks dependencies.
+async fn livez() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// 200 only when the store answers and every critical actor runs.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let mut reasons = state.board.unready_reasons(STALE_HEARTBEAT_MS);
+    if let Err(err) = state.store.ping().await {
+        reasons.push(format!("store: {err}"));
+    }
+    if reasons.is_empty() {
+        HttpResponse::Ok().json(json!({ "status": "ready" }))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({ "status": "unready", "reasons": reasons }))
+    }
+}
+
+/// Every actor's status, restarts, heartbeat age, counts and details.
+async fn actors(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "actors": state.board.snapshot() }))
+}

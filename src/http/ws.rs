@@ -1,0 +1,83 @@
+//! `GET /ws`: authenticates the upgrade and hands the socket to a `WsSession`. A bad
+//! token still gets an upgrade, closed at once with 4001/4002, because browsers cannot
+//! read the status of a failed handshake.
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use herald_actors::domain::NotificationId;
+use herald_actors::session::{
+    self, Admission, WsSession, CLOSE_INVALID_TOKEN, CLOSE_MISSING_TOKEN,
+};
+
+use super::{bearer_token, AppState};
+
+/// Mounts the WebSocket route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws", web::get().to(connect));
+}
+
+#[derive(Deserialize, Default)]
+struct WsQuery {
+    token: Option<String>,
+    after: Option<NotificationId>,
+}
+
+fn admit(req: &HttpRequest, query: &WsQuery, state: &AppState) -> Admission {
+    let header = bearer_token(req);
+    let token = match (query.token.as_deref(), header) {
+        (Some(t), _) if !t.is_empty() => Some(t),
+        (_, Ok(Some(t))) => Some(t),
+        (_, Err(_)) => {
+            return Admission::Rejected {
+                code: CLOSE_INVALID_TOKEN,
+                reason: "malformed Authorization header".into(),
+            }
+        }
+        _ => None,
+    };
+    let Some(token) = token else {
+        return Admission::Rejected {
+            code: CLOSE_MISSING_TOKEN,
+            reason: "missing token: pass ?token= or Authorization: Bearer".into(),
+        };
+    };
+    match state.tokens.verify(token) {
+        Ok(claims) => Admission::Accepted {
+            user_id: claims.sub,
+            expires_at: claims.expires_at(),
+        },
+        Err(_) => Admission::Rejected {
+            code: CLOSE_INVALID_TOKEN,
+            reason: "invalid or expired token".into(),
+        },
+    }
+}
+
+async fn connect(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+) -> actix_web::Result<HttpResponse> {
+    let query = web::Query::<WsQuery>::from_query(req.query_string());
+    let (admission, after) = match query {
+        Ok(q) => (admit(&req, &q, &state), q.after.filter(|a| *a >= 0)),
+        Err(_) => (
+            Admission::Rejected {
+                code: 1008,
+                reason: "invalid query: `after` must be a notification id".into(),
+            },
+            None,
+        ),
+    };
+    let session = WsSession::new(
+        admission,
+        state.registry.clone(),
+        Arc::clone(&state.store),
+        state.session.clone(),
+        after,
+    );
+    session::start(session, &req, stream)
+}

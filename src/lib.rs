@@ -1,0 +1,77 @@
+//! Herald: an actor-based real-time notification engine.
+//!
+//! Users sign up and log in over HTTP, hold a WebSocket open and receive targeted
+//! pushes and broadcasts the moment something happens; each new user gets exactly one
+//! welcome email. One binary runs with zero infrastructure (embedded mode).
+//!
+//! # Layout
+//! - `main.rs`: thin — parses the command line and calls [`run`].
+//! - [`cli`]: subcommands and flags. [`config`]: layered typed settings.
+//! - [`startup`]: `Application::build` wires backends, actors and the HTTP server.
+//! - [`telemetry`] sets up logging.
+//! - [`auth`]: tokens (`jwt`) and password hashing (`password`).
+//! - [`http`]: one file per resource (`users`, `notifications`, `ws`, `ops`), plus
+//!   `problem` (every error → problem+json), `idempotency` and `json` body parsing.
+//! - [`backends`]: adapters for the ports of `herald-actors` — `store/sqlite.rs`,
+//!   `bus/sqlite.rs`, `mail/file.rs`.
+//! - The actors, domain types, messages and ports live in the `herald-actors` crate
+//!   (`actors/`).
+
+pub mod auth;
+pub mod backends;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod startup;
+pub mod telemetry;
+
+use anyhow::Context;
+
+use cli::{Cli, Command, ServeArgs};
+use config::{Overrides, Settings};
+
+/// Runs the command the user asked for.
+///
+/// # Errors
+/// Anything that stops the command, with context for the operator.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    let overrides = match &command {
+        Command::Serve(args) => Overrides {
+            bind: args.bind.clone(),
+            data_dir: args.data_dir.clone(),
+        },
+        Command::Migrate(args) => Overrides {
+            data_dir: args.data_dir.clone(),
+            ..Overrides::default()
+        },
+        Command::Token(args) => Overrides {
+            data_dir: args.data_dir.clone(),
+            ..Overrides::default()
+        },
+    };
+    let settings = Settings::load(cli.config.as_deref(), &overrides)?;
+    telemetry::init(&settings.log);
+    match command {
+        Command::Serve(_) => {
+            let app = startup::Application::build(settings).await?;
+            app.run_until_stopped().await.context("while serving")
+        }
+        Command::Migrate(_) => {
+            if settings.mode == config::Mode::Production {
+                anyhow::bail!("production mode migrations are not available in this build yet");
+            }
+            startup::open_embedded_db(&settings.server.data_dir)?;
+            println!(
+                "schema up to date in {}",
+                settings.server.data_dir.display()
+            );
+            Ok(())
+        }
+        Command::Token(args) => {
+            let tokens = auth::jwt::TokenService::new(&startup::token_secret(&settings)?)?;
+            println!("{}", tokens.issue(args.user, args.scope.claim(), args.ttl)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Wiring: opens the backends, starts the supervised actors, and binds the HTTP server.
+//! `Application::build` binds its own listener, so tests can ask for port 0 and read
+//! the real port back.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Addr, Supervisor};
+use actix_web::dev::Server;
+use actix_web::middleware::ErrorHandlers;
+use actix_web::{web, App, HttpServer};
+use anyhow::{bail, Context};
+use secrecy::SecretString;
+use tracing::info;
+
+use herald_actors::backoff::Backoff;
+use herald_actors::consumer::{Consumer, ConsumerConfig};
+use herald_actors::delivery::DeliveryHandler;
+use herald_actors::domain::Topic;
+use herald_actors::health::HealthBoard;
+use herald_actors::mailer::Mailer;
+use herald_actors::outbox_relay::OutboxRelay;
+use herald_actors::ports::{Bus, MailTransport, Store};
+use herald_actors::registry::Registry;
+use herald_actors::welcome::UserCreatedHandler;
+use herald_actors::writer::NotificationWriter;
+
+use crate::auth::jwt::{self, TokenService};
+use crate::backends::bus::sqlite::SqliteBus;
+use crate::backends::mail::file::FileMailTransport;
+use crate::backends::store::sqlite::{SqliteDb, SqliteStore};
+use crate::config::{Mode, Settings};
+use crate::http::problem::{normalize_error, ApiError};
+use crate::http::{self, AppState};
+
+/// Database file inside the data directory.
+pub const DATABASE_FILE: &str = "herald.db";
+/// Mail directory inside the data directory.
+pub const MAIL_DIR: &str = "outbox";
+/// Consumer group that handles `user.created` (welcome notification and email).
+pub const WELCOME_GROUP: &str = "welcome";
+/// Consumer group that pushes `notifications` to this node's sessions. It starts at
+/// the end of the topic the first time: older notifications reach clients through
+/// history, not as a flood of stale pushes.
+pub const DELIVERY_GROUP: &str = "delivery";
+
+/// A running node.
+pub struct Application {
+    port: u16,
+    server: Server,
+    board: HealthBoard,
+}
+
+/// Opens the embedded database under `data_dir`, creating the directory and applying
+/// migrations.
+///
+/// # Errors
+/// When the directory or the database cannot be opened.
+pub fn open_embedded_db(data_dir: &Path) -> anyhow::Result<SqliteDb> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("while creating data dir {}", data_dir.display()))?;
+    SqliteDb::open(&data_dir.join(DATABASE_FILE))
+        .with_context(|| format!("while opening {}", data_dir.join(DATABASE_FILE).display()))
+}
+
+/// The token secret: configured, or (embedded mode only) generated under the data dir.
+///
+/// # Errors
+/// In production mode without `auth.jwt_secret`, or when the secret file fails.
+pub fn token_secret(settings: &Settings) -> anyhow::Result<SecretString> {
+    match (&settings.auth.jwt_secret, settings.mode) {
+        (Some(secret), _) => Ok(secret.clone()),
+        (None, Mode::Embedded) => {
+            std::fs::create_dir_all(&settings.server.data_dir).with_context(|| {
+                format!(
+                    "while creating data dir {}",
+                    settings.server.data_dir.display()
+                )
+            })?;
+            Ok(jwt::load_or_create_secret(&settings.server.data_dir)?)
+        }
+        (None, Mode::Production) => bail!(
+            "auth.jwt_secret is required in production mode: set it in the config file or \
+             HERALD__AUTH__JWT_SECRET (at least {} bytes), identical on every node",
+            jwt::MIN_SECRET_LEN
+        ),
+    }
+}
+
+impl Application {
+    /// Builds and starts a node; the HTTP server runs once [`Self::run_until_stopped`]
+    /// is awaited. Must be called inside an actix system.
+    ///
+    /// # Errors
+    /// Bad configuration, an unreachable backend, or a port that cannot be bound.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let tokens = TokenService::new(&token_secret(&settings)?)?;
+        if settings.mode == Mode::Production {
+            bail!("production mode (PostgreSQL, Kafka, Redis, SMTP) is not available in this build yet; use mode = \"embedded\"");
+        }
+        let data_dir = settings.server.data_dir.clone();
+        let db = Arc::new(open_embedded_db(&data_dir)?);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::new(Arc::clone(&db)));
+        let bus: Arc<dyn Bus> = Arc::new(SqliteBus::new(Arc::clone(&db), &[DELIVERY_GROUP]));
+        let from = settings
+            .mail
+            .from
+            .parse()
+            .context("while parsing mail.from")?;
+        let transport: Arc<dyn MailTransport> = Arc::new(
+            FileMailTransport::new(&data_dir.join(MAIL_DIR), from)
+                .context("while creating the mail directory")?,
+        );
+
+        let board = HealthBoard::new();
+        let registry = {
+            let stats = board.register("registry", "Registry", true);
+            Supervisor::start(move |_| Registry::new(stats))
+        };
+        let writer = {
+            let stats = board.register("notification_writer", "NotificationWriter", true);
+            let (store, bus) = (Arc::clone(&store), Arc::clone(&bus));
+            Supervisor::start(move |_| NotificationWriter::new(store, bus, stats))
+        };
+        let mailer = {
+            let stats = board.register("mailer", "Mailer", false);
+            let (store, transport, config) =
+                (Arc::clone(&store), transport, settings.mailer_config());
+            Supervisor::start(move |_| Mailer::new(store, transport, config, stats))
+        };
+        let relay: Option<Addr<OutboxRelay>> = settings.outbox.relay.then(|| {
+            let stats = board.register("outbox_relay", "OutboxRelay", true);
+            let (store, bus) = (Arc::clone(&store), Arc::clone(&bus));
+            let interval = Duration::from_millis(settings.outbox.poll_interval_ms.max(10));
+            Supervisor::start(move |_| OutboxRelay::new(store, bus, interval, stats))
+        });
+        let consumer_backoff = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(30),
+        };
+        let consumers = [
+            (
+                Topic::UserCreated,
+                WELCOME_GROUP,
+                Arc::new(UserCreatedHandler::new(
+                    writer.clone(),
+                    Arc::clone(&store),
+                    mailer.clone(),
+                )) as Arc<dyn herald_actors::consumer::TopicHandler>,
+            ),
+            (
+                Topic::Notifications,
+                DELIVERY_GROUP,
+                Arc::new(DeliveryHandler::new(registry.clone())),
+            ),
+        ];
+        for (topic, group, handler) in consumers {
+            let stats = board.register(format!("consumer:{topic}"), "Consumer", true);
+            let config = ConsumerConfig {
+                topic,
+                group: group.to_owned(),
+                max_attempts: 5,
+                backoff: consumer_backoff,
+            };
+            let bus = Arc::clone(&bus);
+            Supervisor::start(move |_| Consumer::new(bus, handler, config, stats));
+        }
+
+        let state = web::Data::new(AppState {
+            store,
+            tokens,
+            writer,
+            relay,
+            registry,
+            board: board.clone(),
+            session: settings.session_config(),
+            token_ttl_secs: settings.auth.token_ttl_secs,
+            max_body_bytes: settings.server.max_body_bytes,
+        });
+
+        let listener = TcpListener::bind(&settings.server.bind)
+            .with_context(|| format!("while binding {}", settings.server.bind))?;
+        let port = listener.local_addr()?.port();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(ErrorHandlers::new().default_handler(normalize_error))
+                .configure(http::configure)
+                .default_service(web::to(|| async {
+                    Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))
+                }))
+        })
+        .shutdown_timeout(5)
+        .listen(listener)?;
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        info!(addr = %settings.server.bind, port, data_dir = %data_dir.display(), "herald listening");
+        Ok(Self {
+            port,
+            server: server.run(),
+            board,
+        })
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The actor health board (for embedding and tests).
+    pub fn board(&self) -> &HealthBoard {
+        &self.board
+    }
+
+    /// Serves until the server stops (SIGINT / SIGTERM).
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
