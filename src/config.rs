@@ -111,6 +111,8 @@ pub struct WebSocketSettings {
     pub max_frame_bytes: usize,
     /// Pushes queued per session before it counts as a slow consumer (close 1013).
     pub outbound_queue: usize,
+    /// History rows read per query while a session resumes.
+    pub replay_page: u32,
 }
 
 impl Default for WebSocketSettings {
@@ -120,6 +122,7 @@ impl Default for WebSocketSettings {
             client_timeout_secs: 45,
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1024,
+            replay_page: 500,
         }
     }
 }
@@ -268,7 +271,7 @@ impl Settings {
             client_timeout: Duration::from_secs(self.websocket.client_timeout_secs),
             max_frame_bytes: self.websocket.max_frame_bytes,
             outbound_queue: self.websocket.outbound_queue,
-            replay_page: 500,
+            replay_page: self.websocket.replay_page.clamp(1, 10_000),
         }
     }
 

@@ -30,8 +30,11 @@ pub const MAX_LIMIT: u32 = 500;
 
 /// Mounts the notification routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/notifications", web::post().to(publish))
-        .route("/api/notifications", web::get().to(history));
+    cfg.service(
+        web::resource("/api/notifications")
+            .post(publish)
+            .get(history),
+    );
 }
 
 #[derive(Deserialize)]

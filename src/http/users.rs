@@ -22,9 +22,9 @@ use crate::auth::password;
 
 /// Mounts the user routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/users/signup", web::post().to(signup))
-        .route("/api/users/login", web::post().to(login))
-        .route("/api/users/me", web::get().to(me));
+    cfg.service(web::resource("/api/users/signup").post(signup))
+        .service(web::resource("/api/users/login").post(login))
+        .service(web::resource("/api/users/me").get(me));
 }
 
 #[derive(Deserialize)]

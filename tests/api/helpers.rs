@@ -1,0 +1,388 @@
+//! `spawn_app()` and one helper per API call.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actix_web::http::header::HeaderMap;
+use awc::ws;
+use futures_util::{SinkExt, StreamExt};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use tokio::time::{timeout, Instant};
+
+use herald::auth::jwt::TokenService;
+use herald::config::Settings;
+use herald::startup::Application;
+use herald_actors::domain::UserId;
+
+/// The token secret every test app uses, so tests can mint tokens.
+pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+/// How long any single wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A running app on a random port with its own data directory.
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    pub tokens: TokenService,
+}
+
+/// An HTTP reply, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub raw: Vec<u8>,
+}
+
+/// Settings for a test node in `data_dir`.
+pub fn test_settings(data_dir: &Path) -> Settings {
+    let mut settings = Settings::default();
+    settings.server.bind = "127.0.0.1:0".into();
+    settings.server.data_dir = data_dir.to_owned();
+    settings.server.workers = 2;
+    settings.auth.jwt_secret = Some(SecretString::from(TEST_SECRET.to_owned()));
+    settings.mail.poll_interval_ms = 100;
+    settings.outbox.poll_interval_ms = 100;
+    settings
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = test_settings(dir.path());
+    tweak(&mut settings);
+    let mut app = start(settings).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// Starts a node with exactly these settings (the caller owns the data dir).
+pub async fn start(settings: Settings) -> TestApp {
+    let data_dir = settings.server.data_dir.clone();
+    let app = Application::build(settings).await.expect("app builds");
+    let port = app.port();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        data_dir,
+        _dir: None,
+        tokens: test_tokens(),
+    }
+}
+
+pub fn test_tokens() -> TokenService {
+    TokenService::new(&SecretString::from(TEST_SECRET.to_owned())).expect("token service")
+}
+
+pub fn client() -> awc::Client {
+    awc::Client::builder().timeout(DEADLINE).finish()
+}
+
+async fn read(
+    mut res: awc::ClientResponse<
+        impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+    >,
+) -> Reply {
+    let raw = res
+        .body()
+        .limit(8 * 1024 * 1024)
+        .await
+        .expect("body")
+        .to_vec();
+    Reply {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body: serde_json::from_slice(&raw).unwrap_or(Value::Null),
+        raw,
+    }
+}
+
+/// A signed-up user with a login token.
+pub struct TestUser {
+    pub id: UserId,
+    pub email: String,
+    pub password: String,
+    pub token: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// POSTs raw bytes with a content type and optional extra headers.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = client()
+            .post(self.url(path))
+            .insert_header(("Content-Type", content_type));
+        for (k, v) in headers {
+            req = req.insert_header((*k, *v));
+        }
+        read(req.send_body(body).await.expect("request sent")).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut req = client().get(self.url(path));
+        if let Some(t) = token {
+            req = req.insert_header(("Authorization", format!("Bearer {t}")));
+        }
+        read(req.send().await.expect("request sent")).await
+    }
+
+    pub async fn signup(&self, body: &Value, key: Option<&str>) -> Reply {
+        let headers: Vec<(&str, &str)> = key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+        self.post_raw(
+            "/api/users/signup",
+            "application/json",
+            body.to_string().into_bytes(),
+            &headers,
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Reply {
+        let body = json!({ "email": email, "password": password });
+        self.post_raw(
+            "/api/users/login",
+            "application/json",
+            body.to_string().into_bytes(),
+            &[],
+        )
+        .await
+    }
+
+    pub async fn me(&self, token: Option<&str>) -> Reply {
+        self.get("/api/users/me", token).await
+    }
+
+    /// Signs up `name` with a unique email and logs in.
+    pub async fn create_user(&self, name: &str) -> TestUser {
+        let email = format!(
+            "{}-{}@example.com",
+            name.to_lowercase(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let password = "correct horse battery".to_owned();
+        let reply = self
+            .signup(
+                &json!({ "email": email, "name": name, "password": password }),
+                Some(&uuid::Uuid::new_v4().to_string()),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "signup failed: {:?}", reply.body);
+        let id: UserId = reply.body["user"]["id"]
+            .as_str()
+            .expect("id")
+            .parse()
+            .expect("uuid");
+        let login = self.login(&email, &password).await;
+        assert_eq!(login.status, 200, "login failed: {:?}", login.body);
+        TestUser {
+            id,
+            email,
+
+            password,
+            token: login.body["token"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    /// A token with the `publish` scope.
+    pub fn publisher_token(&self) -> String {
+        self.tokens
+            .issue(UserId::new(), "publish", 3600)
+            .expect("token")
+    }
+
+    pub async fn publish(&self, token: &str, body: &Value, key: Option<&str>) -> Reply {
+        let auth = format!("Bearer {token}");
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if let Some(k) = key {
+            headers.push(("Idempotency-Key", k));
+        }
+        self.post_raw(
+            "/api/notifications",
+            "application/json",
+            body.to_string().into_bytes(),
+            &headers,
+        )
+        .await
+    }
+
+    pub async fn history(&self, token: &str, after: i64, limit: u32) -> Reply {
+        self.get(
+            &format!("/api/notifications?after={after}&limit={limit}"),
+            Some(token),
+        )
+        .await
+    }
+
+    /// Opens a WebSocket with this query string (e.g. `token=…&after=0`).
+    pub async fn connect(&self, query: &str) -> WsClient {
+        self.connect_with(query, None).await
+    }
+
+    pub async fn connect_with(&self, query: &str, bearer: Option<&str>) -> WsClient {
+        let mut req = client()
+            .ws(format!("ws://127.0.0.1:{}/ws?{query}", self.port))
+            .max_frame_size(1024 * 1024);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        let (_, framed) = req.connect().await.expect("websocket upgrade");
+        WsClient { framed }
+    }
+
+    /// Polls `check` until it returns `Some`, or fails after [`DEADLINE`].
+    pub async fn eventually<T, F, Fut>(&self, what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The `.eml` files under the data dir's mail folder.
+    pub fn mail_files(&self) -> Vec<PathBuf> {
+        mail_files(&self.data_dir)
+    }
+}
+
+pub fn mail_files(data_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data_dir.join("outbox"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A WebSocket client.
+pub struct WsClient {
+    pub framed: actix_codec::Framed<awc::BoxedSocket, ws::Codec>,
+}
+
+/// What the server sent, with pings answered and skipped.
+#[derive(Debug)]
+pub enum Incoming {
+    Json(Value),
+    Close(Option<ws::CloseReason>),
+    Ended,
+}
+
+impl WsClient {
+    pub async fn send_text(&mut self, text: &str) {
+        self.framed
+            .send(ws::Message::Text(text.to_owned().into()))
+            .await
+            .expect("send text");
+    }
+
+    pub async fn send_binary(&mut self, bytes: &'static [u8]) {
+        self.framed
+            .send(ws::Message::Binary(bytes::Bytes::from_static(bytes)))
+            .await
+            .expect("send binary");
+    }
+
+    /// The next text frame, close frame or end of stream, within [`DEADLINE`].
+    pub async fn next(&mut self) -> Incoming {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let frame = timeout(left, self.framed.next())
+                .await
+                .expect("timed out waiting for a frame");
+            match frame {
+                Some(Ok(ws::Frame::Text(bytes))) => {
+                    return Incoming::Json(
+                        serde_json::from_slice(&bytes).expect("server frames are JSON"),
+                    )
+                }
+                Some(Ok(ws::Frame::Ping(p))) => {
+                    let _ = self.framed.send(ws::Message::Pong(p)).await;
+                }
+                Some(Ok(ws::Frame::Close(reason))) => return Incoming::Close(reason),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Incoming::Ended,
+            }
+        }
+    }
+
+    /// The next JSON frame; fails on close.
+    pub async fn next_json(&mut self) -> Value {
+        match self.next().await {
+            Incoming::Json(v) => v,
+            other => panic!("expected a JSON frame, got {other:?}"),
+        }
+    }
+
+    /// The next JSON frame whose `event` is `event`, skipping others.
+    pub async fn next_event(&mut self, event: &str) -> Value {
+        loop {
+            let frame = self.next_json().await;
+            if frame["event"] == event {
+                return frame;
+            }
+        }
+    }
+
+    /// The close code the server sends next (skipping data frames).
+    pub async fn close_code(&mut self) -> u16 {
+        loop {
+            match self.next().await {
+                Incoming::Json(_) => continue,
+                Incoming::Close(reason) => {
+                    return reason.map(|r| u16::from(r.code)).unwrap_or(1005)
+                }
+                Incoming::Ended => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+}
+
+impl TestApp {
+    /// A handle on a node started elsewhere (e.g. the real binary).
+    pub fn external(port: u16, data_dir: &Path) -> Self {
+        Self {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            data_dir: data_dir.to_owned(),
+            _dir: None,
+            tokens: test_tokens(),
+        }
+    }
+}
+
+/// A correctly signed token that expired a minute ago.
+pub fn expired_token(user: UserId) -> String {
+    let now = chrono::Utc::now().timestamp();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "sub": user, "iat": now - 120, "exp": now - 60, "scope": "" }),
+        &jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes()).expect("key"),
+    )
+    .expect("token")
+}

@@ -1,0 +1,15 @@
+//! End-to-end tests of the embedded engine: the real server on port 0 (or the real
+//! binary), real sockets, real files.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test should fail loudly at the first broken expectation"
+)]
+
+mod bad_input;
+mod helpers;
+mod restart;
+mod resume;
+mod users;
+mod websocket;
