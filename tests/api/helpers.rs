@@ -1,6 +1,9 @@
 //! `spawn_app()` and one helper per API call.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use actix_web::http::header::HeaderMap;
@@ -385,4 +388,84 @@ pub fn expired_token(user: UserId) -> String {
         &jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes()).expect("key"),
     )
     .expect("token")
+}
+
+/// The real `herald` binary, run in `dir` with fast polling and without any
+/// `HERALD__` variable inherited from the environment.
+pub fn herald_command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HERALD__") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .current_dir(dir)
+        .env("HERALD__OUTBOX__POLL_INTERVAL_MS", "100")
+        .env("HERALD__MAIL__POLL_INTERVAL_MS", "100")
+        .env("RUST_LOG", "info");
+    command
+}
+
+/// A `herald serve` process.
+pub struct Node {
+    child: Child,
+    pub app: TestApp,
+}
+
+impl Node {
+    /// Starts `herald serve` on a free port in `data_dir`, with the test secret.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut command = herald_command(data_dir);
+        command
+            .env("HERALD__AUTH__JWT_SECRET", TEST_SECRET)
+            .envs(env.iter().copied());
+        Self::spawn(command, data_dir)
+    }
+
+    /// Starts `herald serve` as `command` describes (see [`herald_command`]).
+    pub fn spawn(mut command: Command, data_dir: &Path) -> Self {
+        let mut child = command
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("herald binary starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("herald listening") {
+                    let port = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("port="))
+                        .and_then(|p| p.parse::<u16>().ok());
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(DEADLINE)
+            .expect("node reports its port")
+            .expect("port parses");
+        Self {
+            child,
+            app: TestApp::external(port, data_dir),
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

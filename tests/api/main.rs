@@ -8,6 +8,7 @@
 )]
 
 mod bad_input;
+mod cli;
 mod helpers;
 mod restart;
 mod resume;

@@ -1,10 +1,6 @@
 //! The real binary, killed with SIGKILL and restarted on the same data directory:
 //! nothing acknowledged is lost and nothing is done twice.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,65 +11,7 @@ use herald::backends::store::sqlite::SqliteDb;
 use herald_actors::domain::{Topic, User, UserCreated};
 use herald_actors::ports::Bus;
 
-use crate::helpers::{TestApp, DEADLINE, TEST_SECRET};
-
-/// A `herald serve` process.
-struct Node {
-    child: Child,
-    app: TestApp,
-}
-
-impl Node {
-    fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .current_dir(data_dir)
-            .env("HERALD__AUTH__JWT_SECRET", TEST_SECRET)
-            .env("HERALD__OUTBOX__POLL_INTERVAL_MS", "100")
-            .env("HERALD__MAIL__POLL_INTERVAL_MS", "100")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("herald binary starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("herald listening") {
-                    let port = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("port="))
-                        .and_then(|p| p.parse::<u16>().ok());
-                    let _ = tx.send(port);
-                }
-            }
-        });
-        let port = rx
-            .recv_timeout(DEADLINE)
-            .expect("node reports its port")
-            .expect("port parses");
-        Self {
-            child,
-            app: TestApp::external(port, data_dir),
-        }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::helpers::{Node, TestApp};
 
 async fn welcomes(app: &TestApp, token: &str) -> usize {
     let history = app.history(token, 0, 500).await;

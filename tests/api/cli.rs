@@ -1,0 +1,132 @@
+//! The command line: help, migrate, token, configuration layers and start-up errors.
+
+use serde_json::json;
+
+use crate::helpers::{herald_command, Node};
+use herald_actors::domain::UserId;
+
+fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    herald_command(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("herald runs")
+}
+
+#[test]
+fn help_explains_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for word in ["serve", "migrate", "token", "--config"] {
+        assert!(help.contains(word), "help lacks {word}:\n{help}");
+    }
+    let out = run(dir.path(), &["token", "--help"], &[]);
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("--user") && help.contains("--scope") && help.contains("publish"));
+}
+
+#[test]
+fn migrate_creates_the_schema_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    for _ in 0..2 {
+        let out = run(
+            dir.path(),
+            &["migrate", "--data-dir", data.to_str().unwrap()],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(data.join("herald.db").exists());
+}
+
+#[test]
+fn token_rejects_a_user_that_is_not_a_uuid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        dir.path(),
+        &["token", "--user", "bob", "--scope", "publish"],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UUID"));
+}
+
+#[test]
+fn production_mode_without_a_secret_refuses_to_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        dir.path(),
+        &["serve", "--bind", "127.0.0.1:0"],
+        &[("HERALD__MODE", "production")],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("jwt_secret") && stderr.contains("production"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unknown_configuration_key_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.toml");
+    std::fs::write(&config, "[server]\nbnd = \"127.0.0.1:0\"\n").unwrap();
+    let out = run(
+        dir.path(),
+        &["--config", config.to_str().unwrap(), "migrate"],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bnd"));
+}
+
+#[actix_web::test]
+async fn a_token_minted_by_the_cli_is_accepted_by_a_node_on_the_same_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let service = UserId::new();
+    let out = run(
+        dir.path(),
+        &[
+            "token",
+            "--user",
+            &service.to_string(),
+            "--scope",
+            "publish",
+            "--data-dir",
+            data,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let publisher = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = run(
+        dir.path(),
+        &["token", "--user", &service.to_string(), "--data-dir", data],
+        &[],
+    );
+    let user_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    // No configured secret: the node uses the one generated under the data dir.
+    // A flag beats the environment: the bind variable below is ignored.
+    let mut command = herald_command(dir.path());
+    command.env("HERALD__SERVER__BIND", "127.0.0.1:1");
+    let node = Node::spawn(command, dir.path());
+    assert_ne!(node.app.port, 1);
+    let body = json!({ "user_id": UserId::new(), "event": "hello", "payload": {} });
+    assert_eq!(node.app.publish(&publisher, &body, None).await.status, 202);
+    assert_eq!(node.app.publish(&user_token, &body, None).await.status, 403);
+    assert!(dir.path().join("jwt_secret").exists());
+}
