@@ -20,6 +20,7 @@ use herald_actors::consumer::{Consumer, ConsumerConfig};
 use herald_actors::delivery::DeliveryHandler;
 use herald_actors::domain::Topic;
 use herald_actors::health::HealthBoard;
+use herald_actors::janitor::Janitor;
 use herald_actors::mailer::Mailer;
 use herald_actors::outbox_relay::OutboxRelay;
 use herald_actors::ports::{Bus, MailTransport, Store};
@@ -33,7 +34,7 @@ use crate::backends::mail::file::FileMailTransport;
 use crate::backends::store::sqlite::{SqliteDb, SqliteStore};
 use crate::config::{Mode, Settings};
 use crate::http::problem::{normalize_error, ApiError};
-use crate::http::{self, AppState};
+use crate::http::{self, idempotency, AppState};
 
 /// Database file inside the data directory.
 pub const DATABASE_FILE: &str = "herald.db";
@@ -45,6 +46,9 @@ pub const WELCOME_GROUP: &str = "welcome";
 /// the end of the topic the first time: older notifications reach clients through
 /// history, not as a flood of stale pushes.
 pub const DELIVERY_GROUP: &str = "delivery";
+
+/// How often expired idempotency keys are pruned.
+pub const JANITOR_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// A running node.
 pub struct Application {
@@ -136,6 +140,12 @@ impl Application {
             let interval = Duration::from_millis(settings.outbox.poll_interval_ms.max(10));
             Supervisor::start(move |_| OutboxRelay::new(store, bus, interval, stats))
         });
+        {
+            let stats = board.register("janitor", "Janitor", false);
+            let store = Arc::clone(&store);
+            let retention = chrono::Duration::hours(idempotency::RETENTION_HOURS);
+            Supervisor::start(move |_| Janitor::new(store, JANITOR_INTERVAL, retention, stats));
+        }
         let consumer_backoff = Backoff {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(30),

@@ -13,7 +13,7 @@
 //! - [`backoff`]: exponential backoff with full jitter, shared by retrying actors.
 //! - Actors, one per file: [`session`] (`WsSession`), [`registry`] (`Registry`),
 //!   [`writer`] (`NotificationWriter`), [`consumer`] (`Consumer`, one per topic),
-//!   [`outbox_relay`] (`OutboxRelay`), [`mailer`] (`Mailer`).
+//!   [`outbox_relay`] (`OutboxRelay`), [`mailer`] (`Mailer`), [`janitor`] (`Janitor`).
 //! - Topic handlers the consumers run: [`welcome`] (`user.created`) and [`delivery`]
 //!   (`notifications`).
 
@@ -22,6 +22,7 @@ pub mod consumer;
 pub mod delivery;
 pub mod domain;
 pub mod health;
+pub mod janitor;
 pub mod mailer;
 pub mod messages;
 pub mod outbox_relay;

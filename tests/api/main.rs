@@ -12,5 +12,6 @@ mod cli;
 mod helpers;
 mod restart;
 mod resume;
+mod store;
 mod users;
 mod websocket;

@@ -1,0 +1,292 @@
+//! Contract tests of the store port, run against the SQLite adapter (the PostgreSQL
+//! adapter will run the same functions).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{Duration, SubsecRound, Utc};
+use serde_json::value::RawValue;
+
+use herald::backends::store::sqlite::{SqliteDb, SqliteStore};
+use herald_actors::domain::{
+    Audience, Email, EventName, MailJob, NewNotification, OutboxEvent, Topic, User, UserId,
+    UserName,
+};
+use herald_actors::ports::{IdempotencyClaim, IdempotentResponse, Store, StoreError};
+
+fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteDb::open(&dir.path().join("herald.db")).unwrap();
+    (dir, Arc::new(SqliteStore::new(Arc::new(db))))
+}
+
+fn user(email: &str) -> User {
+    User {
+        id: UserId::new(),
+        email: Email::parse(email).unwrap(),
+        name: UserName::parse("Ada").unwrap(),
+        created_at: Utc::now().trunc_subsecs(6),
+    }
+}
+
+fn event(user: &User) -> OutboxEvent {
+    OutboxEvent {
+        id: 0,
+        topic: Topic::UserCreated,
+        key: user.id.to_string(),
+        payload: Bytes::from_static(b"{}"),
+    }
+}
+
+fn note(user: UserId, dedupe: Option<&str>) -> NewNotification {
+    NewNotification {
+        audience: Audience::User(user),
+        event: EventName::parse("e").unwrap(),
+        payload: RawValue::from_string("{\"a\":1}".into()).unwrap(),
+        dedupe_key: dedupe.map(str::to_owned),
+    }
+}
+
+#[actix_web::test]
+async fn store_users_are_unique_by_email_case_insensitively_and_carry_an_outbox_event() {
+    let (_dir, store) = sqlite();
+    let ada = user("Ada@Example.com");
+    store
+        .create_user(&ada, "hash", &event(&ada), None)
+        .await
+        .unwrap();
+    let twin = user("ada@example.COM");
+    assert!(matches!(
+        store.create_user(&twin, "hash", &event(&twin), None).await,
+        Err(StoreError::EmailTaken)
+    ));
+    // The failed signup left no outbox event behind.
+    assert_eq!(store.pending_outbox(10).await.unwrap().len(), 1);
+
+    let found = store
+        .credentials_by_email(&Email::parse("ADA@example.com").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.user, ada);
+    assert_eq!(found.password_hash, "hash");
+    assert_eq!(store.user_by_id(ada.id).await.unwrap(), Some(ada));
+    assert_eq!(store.user_by_id(UserId::new()).await.unwrap(), None);
+}
+
+#[actix_web::test]
+async fn store_idempotency_keys_go_through_claim_replay_mismatch_and_release() {
+    let (_dir, store) = sqlite();
+    let claim = |key: &'static str, hash: &'static str| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .claim_idempotency_key("s", key, hash, 60)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(claim("k", "h1").await, IdempotencyClaim::Claimed);
+    assert_eq!(claim("k", "h1").await, IdempotencyClaim::InFlight);
+    assert_eq!(claim("k", "h2").await, IdempotencyClaim::Mismatch);
+    let response = IdempotentResponse {
+        scope: "s".into(),
+        key: "k".into(),
+        status: 201,
+        body: Bytes::from_static(b"{\"ok\":true}"),
+    };
+    store.complete_idempotency_key(&response).await.unwrap();
+    assert_eq!(
+        claim("k", "h1").await,
+        IdempotencyClaim::Replay {
+            status: 201,
+            body: Bytes::from_static(b"{\"ok\":true}")
+        }
+    );
+    // A released claim can be taken again; a completed one cannot be released.
+    assert_eq!(claim("r", "h").await, IdempotencyClaim::Claimed);
+    store.release_idempotency_key("s", "r").await.unwrap();
+    assert_eq!(claim("r", "h").await, IdempotencyClaim::Claimed);
+    store.release_idempotency_key("s", "k").await.unwrap();
+    assert!(matches!(
+        claim("k", "h1").await,
+        IdempotencyClaim::Replay { .. }
+    ));
+    // A claim whose request died is taken over after the in-flight timeout.
+    assert_eq!(
+        store.claim_idempotency_key("s", "r", "h", 0).await.unwrap(),
+        IdempotencyClaim::InFlight
+    );
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(
+        store.claim_idempotency_key("s", "r", "h", 0).await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+}
+
+#[actix_web::test]
+async fn store_prunes_only_idempotency_keys_older_than_the_cutoff() {
+    let (_dir, store) = sqlite();
+    store
+        .claim_idempotency_key("s", "old", "h", 60)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .prune_idempotency_keys(Utc::now() - Duration::hours(24))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .prune_idempotency_keys(Utc::now() + Duration::seconds(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .claim_idempotency_key("s", "old", "other", 60)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    );
+}
+
+#[actix_web::test]
+async fn store_notifications_dedupe_by_key_and_page_by_id() {
+    let (_dir, store) = sqlite();
+    let ada = UserId::new();
+    let (first, inserted) = store
+        .insert_notification(&note(ada, Some("welcome:1")), None)
+        .await
+        .unwrap();
+    assert!(inserted);
+    let (again, inserted) = store
+        .insert_notification(&note(ada, Some("welcome:1")), None)
+        .await
+        .unwrap();
+    assert!(!inserted);
+    assert_eq!(again.id, first.id);
+    let mut ids = vec![first.id];
+    for _ in 0..4 {
+        ids.push(
+            store
+                .insert_notification(&note(ada, None), None)
+                .await
+                .unwrap()
+                .0
+                .id,
+        );
+    }
+    store
+        .insert_notification(&note(UserId::new(), None), None)
+        .await
+        .unwrap();
+    let page: Vec<_> = store
+        .history(ada, ids[0], Some(ids[4]), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(page, ids[1..4].to_vec());
+    assert_eq!(store.history(ada, 0, None, 2).await.unwrap().len(), 2);
+    assert_eq!(
+        store.history(ada, 0, None, 100).await.unwrap()[0]
+            .payload
+            .get(),
+        "{\"a\":1}"
+    );
+}
+
+#[actix_web::test]
+async fn store_a_notification_and_its_idempotent_response_commit_together() {
+    let (_dir, store) = sqlite();
+    assert_eq!(
+        store
+            .claim_idempotency_key("p", "k", "h", 60)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    let response = IdempotentResponse {
+        scope: "p".into(),
+        key: "k".into(),
+        status: 202,
+        body: Bytes::new(),
+    };
+    let (stored, _) = store
+        .insert_notification(&note(UserId::new(), None), Some(&response))
+        .await
+        .unwrap();
+    let IdempotencyClaim::Replay { status, body } = store
+        .claim_idempotency_key("p", "k", "h", 60)
+        .await
+        .unwrap()
+    else {
+        panic!("expected a replay");
+    };
+    assert_eq!(status, 202);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["id"], stored.id);
+}
+
+#[actix_web::test]
+async fn store_mail_is_queued_once_and_retried_when_due() {
+    let (_dir, store) = sqlite();
+    let job = MailJob {
+        id: "welcome-1".into(),
+        to: Email::parse("ada@example.com").unwrap(),
+        to_name: "Ada".into(),
+        subject: "Hi".into(),
+        body: "Hello".into(),
+        attempts: 0,
+    };
+    assert!(store.enqueue_mail(&job).await.unwrap());
+    assert!(!store.enqueue_mail(&job).await.unwrap());
+    assert_eq!(
+        store.due_mail(Utc::now(), 10).await.unwrap(),
+        vec![job.clone()]
+    );
+
+    let later = Utc::now() + Duration::minutes(5);
+    store
+        .mark_mail_failed(&job.id, 1, Some(later), "421 try later")
+        .await
+        .unwrap();
+    assert!(store.due_mail(Utc::now(), 10).await.unwrap().is_empty());
+    let due = store
+        .due_mail(later + Duration::seconds(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(due[0].attempts, 1);
+
+    store.mark_mail_sent(&job.id).await.unwrap();
+    assert!(store
+        .due_mail(later + Duration::days(1), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        !store.enqueue_mail(&job).await.unwrap(),
+        "a sent mail is never queued again"
+    );
+}
+
+#[actix_web::test]
+async fn store_outbox_events_stay_pending_until_marked_published() {
+    let (_dir, store) = sqlite();
+    for email in ["a@example.com", "b@example.com"] {
+        let u = user(email);
+        store.create_user(&u, "h", &event(&u), None).await.unwrap();
+    }
+    let pending = store.pending_outbox(10).await.unwrap();
+    assert_eq!(pending.len(), 2);
+    assert!(pending[0].id < pending[1].id);
+    store.mark_outbox_published(&[pending[0].id]).await.unwrap();
+    let left = store.pending_outbox(10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, pending[1].id);
+}
