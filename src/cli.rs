@@ -9,12 +9,22 @@ use herald_actors::domain::UserId;
 /// Herald: real-time notifications over WebSocket, with signup, login, history and
 /// welcome email. With no subcommand it runs `serve`.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, about, long_about = None)]
+#[command(
+    name = "herald",
+    version,
+    about,
+    long_about = None,
+    after_help = "Run `herald <COMMAND> --help` for the flags of each command."
+)]
 pub struct Cli {
     /// Configuration file (default: ./config.toml when present). Environment variables
     /// HERALD__SECTION__KEY override it; flags override both.
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+
+    /// `serve` flags, accepted without the word `serve` too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 
     /// What to do.
     #[command(subcommand)]
@@ -33,7 +43,7 @@ pub enum Command {
 }
 
 /// Flags of `serve`.
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args, Default, Clone)]
 pub struct ServeArgs {
     /// Listen address [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
@@ -76,7 +86,8 @@ impl Scope {
 /// Flags of `token`.
 #[derive(Debug, Args)]
 pub struct TokenArgs {
-    /// The user (or service) id the token speaks for, a UUID.
+    /// The user id the token speaks for, a UUID. For a service that only publishes,
+    /// any UUID that names the service.
     #[arg(long, value_name = "ID")]
     pub user: UserId,
     /// What the token may do.
@@ -85,7 +96,8 @@ pub struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     pub ttl: u64,
-    /// Data directory holding the embedded-mode secret [default: ./data].
+    /// Data directory of the node whose secret signs the token [default: ./data].
+    /// The node must have started there once (or `auth.jwt_secret` be configured).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 }

@@ -16,7 +16,7 @@ use herald_actors::session::SessionConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file, the environment or a flag did not fit the schema.
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration")]
     Invalid(#[from] config::ConfigError),
     /// A value is out of range.
     #[error("invalid configuration: {0}")]

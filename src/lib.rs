@@ -27,7 +27,7 @@ pub mod telemetry;
 
 use anyhow::Context;
 
-use cli::{Cli, Command, ServeArgs};
+use cli::{Cli, Command};
 use config::{Overrides, Settings};
 
 /// Runs the command the user asked for.
@@ -35,7 +35,18 @@ use config::{Overrides, Settings};
 /// # Errors
 /// Anything that stops the command, with context for the operator.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    let top_level = cli.serve;
+    let command = match cli.command {
+        None => Command::Serve(top_level),
+        Some(Command::Serve(args)) => Command::Serve(cli::ServeArgs {
+            bind: args.bind.or(top_level.bind),
+            data_dir: args.data_dir.or(top_level.data_dir),
+        }),
+        Some(_) if top_level.bind.is_some() || top_level.data_dir.is_some() => {
+            anyhow::bail!("--bind and --data-dir before a command only apply to `serve`; put them after the command")
+        }
+        Some(other) => other,
+    };
     let overrides = match &command {
         Command::Serve(args) => Overrides {
             bind: args.bind.clone(),
@@ -69,6 +80,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(args) => {
+            let secret_file = settings.server.data_dir.join(auth::jwt::SECRET_FILE);
+            if settings.auth.jwt_secret.is_none() && !secret_file.exists() {
+                anyhow::bail!(
+                    "no token secret at {}: start the node once with this data directory \
+                     (or pass --data-dir DIR of a node that ran), or configure auth.jwt_secret",
+                    secret_file.display()
+                );
+            }
             let tokens = auth::jwt::TokenService::new(&startup::token_secret(&settings)?)?;
             println!("{}", tokens.issue(args.user, args.scope.claim(), args.ttl)?);
             Ok(())

@@ -88,17 +88,39 @@ fn an_unknown_configuration_key_is_an_error_naming_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bnd"));
 }
 
+#[test]
+fn token_refuses_to_invent_a_secret_no_node_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        dir.path(),
+        &["token", "--user", &UserId::new().to_string()],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no token secret"));
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+}
+
 #[actix_web::test]
-async fn a_token_minted_by_the_cli_is_accepted_by_a_node_on_the_same_data_dir() {
+async fn a_token_minted_by_the_cli_is_accepted_by_the_node_on_that_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let service = UserId::new();
+
+    // No configured secret: the node generates one under the data dir. A flag beats
+    // the environment: the bind variable below is ignored.
+    let mut command = herald_command(dir.path());
+    command.env("HERALD__SERVER__BIND", "127.0.0.1:1");
+    let node = Node::spawn(command, dir.path());
+    assert_ne!(node.app.port, 1);
+    assert!(dir.path().join("jwt_secret").exists());
+
+    let service = UserId::new().to_string();
     let out = run(
         dir.path(),
         &[
             "token",
             "--user",
-            &service.to_string(),
+            &service,
             "--scope",
             "publish",
             "--data-dir",
@@ -114,19 +136,26 @@ async fn a_token_minted_by_the_cli_is_accepted_by_a_node_on_the_same_data_dir() 
     let publisher = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let out = run(
         dir.path(),
-        &["token", "--user", &service.to_string(), "--data-dir", data],
+        &["token", "--user", &service, "--data-dir", data],
         &[],
     );
     let user_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
 
-    // No configured secret: the node uses the one generated under the data dir.
-    // A flag beats the environment: the bind variable below is ignored.
-    let mut command = herald_command(dir.path());
-    command.env("HERALD__SERVER__BIND", "127.0.0.1:1");
-    let node = Node::spawn(command, dir.path());
-    assert_ne!(node.app.port, 1);
     let body = json!({ "user_id": UserId::new(), "event": "hello", "payload": {} });
     assert_eq!(node.app.publish(&publisher, &body, None).await.status, 202);
     assert_eq!(node.app.publish(&user_token, &body, None).await.status, 403);
-    assert!(dir.path().join("jwt_secret").exists());
+    assert_eq!(
+        node.app.me(Some(&user_token)).await.status,
+        401,
+        "no such user, but the signature is fine"
+    );
+}
+
+#[actix_web::test]
+async fn serve_flags_work_without_the_word_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = herald_command(dir.path());
+    command.env("HERALD__AUTH__JWT_SECRET", crate::helpers::TEST_SECRET);
+    let node = Node::spawn_with_args(command, dir.path(), &[]);
+    assert_eq!(node.app.get("/livez", None).await.status, 200);
 }

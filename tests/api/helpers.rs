@@ -424,9 +424,15 @@ impl Node {
     }
 
     /// Starts `herald serve` as `command` describes (see [`herald_command`]).
-    pub fn spawn(mut command: Command, data_dir: &Path) -> Self {
+    pub fn spawn(command: Command, data_dir: &Path) -> Self {
+        Self::spawn_with_args(command, data_dir, &["serve"])
+    }
+
+    /// Starts the binary with `args` before the bind and data-dir flags.
+    pub fn spawn_with_args(mut command: Command, data_dir: &Path, args: &[&str]) -> Self {
         let mut child = command
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .args(args)
+            .args(["--bind", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
