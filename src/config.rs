@@ -64,6 +64,8 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Seconds a request body may take to arrive before the request gets 408.
+    pub body_timeout_secs: u64,
     /// HTTP worker threads (0: one per core).
     pub workers: usize,
 }
@@ -74,6 +76,7 @@ impl Default for ServerSettings {
             bind: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("data"),
             max_body_bytes: 256 * 1024,
+            body_timeout_secs: 30,
             workers: 0,
         }
     }
@@ -251,6 +254,9 @@ impl Settings {
         }
         if self.websocket.outbound_queue == 0 || self.websocket.max_frame_bytes < 128 {
             return bad("websocket.outbound_queue must be positive and websocket.max_frame_bytes at least 128");
+        }
+        if self.server.body_timeout_secs == 0 {
+            return bad("server.body_timeout_secs must be positive");
         }
         if self.auth.token_ttl_secs == 0 {
             return bad("auth.token_ttl_secs must be positive");

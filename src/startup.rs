@@ -188,6 +188,7 @@ impl Application {
             session: settings.session_config(),
             token_ttl_secs: settings.auth.token_ttl_secs,
             max_body_bytes: settings.server.max_body_bytes,
+            body_timeout: Duration::from_secs(settings.server.body_timeout_secs),
         });
 
         let listener = TcpListener::bind(&settings.server.bind)

@@ -10,6 +10,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+/// Characters that change how text looks without being visible themselves (zero-width
+/// characters, bidirectional overrides, the soft hyphen): refused in emails and names,
+/// where they only serve to make one string pass for another.
+fn is_invisible_or_bidi(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// Why a value could not become a domain type; the message is shown to API clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -70,8 +78,12 @@ impl Email {
         if s.len() > Self::MAX_LEN {
             return Err(ParseError("must be at most 254 characters"));
         }
-        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(ParseError("must not contain spaces or control characters"));
+        if s.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_invisible_or_bidi(c))
+        {
+            return Err(ParseError(
+                "must not contain spaces, control or invisible characters",
+            ));
         }
         let Some((local, domain)) = s.rsplit_once('@') else {
             return Err(ParseError("must be an email address like name@example.com"));
@@ -94,9 +106,11 @@ impl Email {
         &self.0
     }
 
-    /// The form uniqueness is checked on.
+    /// The form uniqueness is checked on: ASCII letters lower-cased, everything else
+    /// kept. Full Unicode lower-casing would let look-alikes collide (the Kelvin sign
+    /// `K` lower-cases to `k`), so one account could claim another's address.
     pub fn normalized(&self) -> String {
-        self.0.to_lowercase()
+        self.0.to_ascii_lowercase()
     }
 }
 
@@ -119,8 +133,10 @@ impl UserName {
         if s.chars().count() > Self::MAX_CHARS {
             return Err(ParseError("must be at most 100 characters"));
         }
-        if s.chars().any(char::is_control) {
-            return Err(ParseError("must not contain control characters"));
+        if s.chars().any(|c| c.is_control() || is_invisible_or_bidi(c)) {
+            return Err(ParseError(
+                "must not contain control or invisible characters",
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -383,6 +399,14 @@ mod tests {
         }
         let email = Email::parse("Ada@Example.com").unwrap();
         assert_eq!(email.normalized(), "ada@example.com");
+        // A look-alike does not collide with the real address.
+        let kelvin = Email::parse("\u{212A}elly@x.com").unwrap();
+        assert_ne!(
+            kelvin.normalized(),
+            Email::parse("kelly@x.com").unwrap().normalized()
+        );
+        assert!(Email::parse("ad\u{200B}a@x.com").is_err());
+        assert!(Email::parse("ada@x\u{202E}moc.com").is_err());
     }
 
     #[test]
@@ -391,6 +415,8 @@ mod tests {
         assert!(UserName::parse("   ").is_err());
         assert!(UserName::parse(&"x".repeat(101)).is_err());
         assert!(UserName::parse("a\u{0007}b").is_err());
+        assert!(UserName::parse("Ada\u{202E}nimda").is_err());
+        assert_eq!(UserName::parse("שלום").unwrap().as_str(), "שלום");
     }
 
     #[test]

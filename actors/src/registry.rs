@@ -17,6 +17,9 @@ use crate::messages::{
 /// How often the registry reports its heartbeat and session count.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often handles of vanished sessions are swept out.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Close code for a session whose outbound queue is full: the client is not reading.
 pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
 
@@ -43,9 +46,10 @@ impl Registry {
         }
     }
 
-    /// Queues `push` for one session; a full queue means the client stopped reading, so
-    /// the session is told to close rather than buffering without bound. Nothing is
-    /// lost: the notification is in history and the client resumes from its last id.
+    /// Queues `push` for one session and says whether to keep its handle. A full
+    /// queue means the client stopped reading: it is told to close (1013) and dropped
+    /// from the registry, rather than buffering without bound. Nothing is lost — the
+    /// notification is in history and the client resumes from its last id.
     fn offer(session: &SessionHandle, push: Push) -> bool {
         match session.push.try_send(push) {
             Ok(()) => true,
@@ -60,8 +64,34 @@ impl Registry {
                 });
                 false
             }
+            // The session is gone without having said so.
             Err(SendError::Closed(_)) => false,
         }
+    }
+
+    /// Offers `push` to each of `sessions`, dropping the ones that cannot take it;
+    /// returns (delivered, dropped).
+    fn offer_all(sessions: &mut Vec<SessionHandle>, push: &Push) -> (usize, usize) {
+        let before = sessions.len();
+        let mut delivered = 0;
+        sessions.retain(|s| {
+            let kept = Self::offer(s, push.clone());
+            delivered += usize::from(kept);
+            kept
+        });
+        (delivered, before - sessions.len())
+    }
+
+    /// Drops handles of sessions that ended without a `Disconnect`.
+    fn sweep(&mut self) {
+        let mut dropped = 0;
+        self.users.retain(|_, sessions| {
+            let before = sessions.len();
+            sessions.retain(|s| s.push.connected());
+            dropped += before - sessions.len();
+            !sessions.is_empty()
+        });
+        self.sessions -= dropped;
     }
 }
 
@@ -71,6 +101,7 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.stats.set_status(ActorStatus::Running);
         self.stats.heartbeat();
+        ctx.run_interval(SWEEP_INTERVAL, |act, _| act.sweep());
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, _| {
             act.stats.heartbeat();
             act.stats.set_detail("sessions", act.sessions);
@@ -129,16 +160,15 @@ impl Handler<Deliver> for Registry {
 
     fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> usize {
         self.stats.processed(1);
-        let Some(list) = self.users.get(&msg.user_id) else {
+        let Some(sessions) = self.users.get_mut(&msg.user_id) else {
             return 0;
         };
-        match list.as_slice() {
-            [only] => usize::from(Self::offer(only, msg.push)),
-            many => many
-                .iter()
-                .filter(|s| Self::offer(s, msg.push.clone()))
-                .count(),
+        let (delivered, dropped) = Self::offer_all(sessions, &msg.push);
+        if sessions.is_empty() {
+            self.users.remove(&msg.user_id);
         }
+        self.sessions -= dropped;
+        delivered
     }
 }
 
@@ -147,11 +177,15 @@ impl Handler<Broadcast> for Registry {
 
     fn handle(&mut self, msg: Broadcast, _: &mut Self::Context) -> usize {
         self.stats.processed(1);
-        self.users
-            .values()
-            .flatten()
-            .filter(|s| Self::offer(s, msg.push.clone()))
-            .count()
+        let (mut delivered, mut dropped) = (0, 0);
+        self.users.retain(|_, sessions| {
+            let (d, x) = Self::offer_all(sessions, &msg.push);
+            delivered += d;
+            dropped += x;
+            !sessions.is_empty()
+        });
+        self.sessions -= dropped;
+        delivered
     }
 }
 

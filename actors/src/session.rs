@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix_http::ws::Item;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 use chrono::{DateTime, Utc};
@@ -91,11 +92,11 @@ pub struct WsSession {
     config: SessionConfig,
     last_seen: Instant,
     delivery: Delivery,
-    /// Highest targeted id written to the socket: anything at or below it was sent.
+    /// Highest targeted id written to the socket since the last resume: anything at or
+    /// below it was sent (or, right after a resume, not wanted).
     last_sent: Option<NotificationId>,
-    /// First targeted id that arrived live: every later one of this user was pushed
-    /// live too, so a `resume` only needs history below it.
-    first_live: Option<NotificationId>,
+    /// A fragmented text message being reassembled.
+    fragments: Option<Vec<u8>>,
     /// `?after=` on the upgrade: replay from there before going live.
     initial_after: Option<NotificationId>,
     registered: bool,
@@ -119,7 +120,7 @@ impl WsSession {
             last_seen: Instant::now(),
             delivery: Delivery::Live,
             last_sent: None,
-            first_live: None,
+            fragments: None,
             initial_after,
             registered: false,
         }
@@ -153,7 +154,6 @@ impl WsSession {
                 return;
             }
             self.last_sent = Some(push.id);
-            self.first_live.get_or_insert(push.id);
         }
         ctx.text(push.frame);
     }
@@ -175,25 +175,21 @@ impl WsSession {
             Self::send_error(ctx, "resume_in_progress", "a resume is already running");
             return;
         }
+        // The stream restarts after `after`: everything newer comes again, in order,
+        // even what this connection already received (the client asked for it).
         self.delivery = Delivery::Replaying { buffer: Vec::new() };
-        // Ids from `first_live` on were all pushed live already.
-        let before = self.first_live;
-        self.replay_page(after, before, ctx);
+        self.last_sent = Some(after);
+        self.replay_page(after, ctx);
     }
 
-    fn replay_page(
-        &mut self,
-        after: NotificationId,
-        before: Option<NotificationId>,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
+    fn replay_page(&mut self, after: NotificationId, ctx: &mut ws::WebsocketContext<Self>) {
         let Some(user_id) = self.user_id() else {
             return;
         };
         let store = Arc::clone(&self.store);
         let page = self.config.replay_page;
         ctx.spawn(
-            async move { store.history(user_id, after, before, page).await }
+            async move { store.history(user_id, after, None, page).await }
                 .into_actor(self)
                 .map(move |result, act, ctx| match result {
                     Ok(rows) => {
@@ -202,7 +198,7 @@ impl WsSession {
                         }
                         match rows.last() {
                             Some(last) if rows.len() == page as usize => {
-                                act.replay_page(last.id, before, ctx)
+                                act.replay_page(last.id, ctx)
                             }
                             _ => act.finish_replay(ctx),
                         }
@@ -228,6 +224,40 @@ impl WsSession {
         {
             for push in buffer {
                 self.deliver_live(push, ctx);
+            }
+        }
+    }
+
+    /// Reassembles a fragmented text message (RFC 6455 §5.4), bounded by the same
+    /// size limit as a single frame.
+    fn on_fragment(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {
+        let (chunk, last) = match item {
+            Item::FirstText(chunk) => {
+                self.fragments = Some(Vec::with_capacity(chunk.len()));
+                (chunk, false)
+            }
+            Item::FirstBinary(_) => {
+                return Self::close(
+                    ctx,
+                    1003,
+                    "binary messages are not supported; send JSON text",
+                );
+            }
+            Item::Continue(chunk) => (chunk, false),
+            Item::Last(chunk) => (chunk, true),
+        };
+        let Some(buffer) = self.fragments.as_mut() else {
+            return Self::close(ctx, 1002, "continuation frame without a first frame");
+        };
+        if buffer.len() + chunk.len() > self.config.max_frame_bytes {
+            return Self::close(ctx, 1009, "message too large");
+        }
+        buffer.extend_from_slice(&chunk);
+        if last {
+            let message = self.fragments.take().unwrap_or_default();
+            match std::str::from_utf8(&message) {
+                Ok(text) => self.on_text(text, ctx),
+                Err(_) => Self::close(ctx, 1007, "text message is not valid UTF-8"),
             }
         }
     }
@@ -304,8 +334,13 @@ impl Actor for WsSession {
             })
             .wait(ctx);
     }
+}
 
-    fn stopped(&mut self, _: &mut Self::Context) {
+/// Leaving the registry happens on drop, not in `stopped`: when a client vanishes
+/// (TCP reset) actix drops the session without stopping it, and a handle left behind
+/// would be a zombie entry.
+impl Drop for WsSession {
+    fn drop(&mut self) {
         if let (true, Some(user_id)) = (self.registered, self.user_id()) {
             self.registry.do_send(Disconnect {
                 user_id,
@@ -351,9 +386,7 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
             Ok(ws::Message::Binary(_)) => {
                 Self::close(ctx, 1003, "binary frames are not supported; send JSON text")
             }
-            Ok(ws::Message::Continuation(_)) => {
-                Self::close(ctx, 1003, "fragmented messages are not supported")
-            }
+            Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
             Ok(ws::Message::Close(reason)) => {
                 ctx.close(reason);
                 ctx.stop();

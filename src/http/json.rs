@@ -1,6 +1,8 @@
 //! Reading JSON request bodies: content type, size limit and parsing, each with its
 //! own clear error. Handlers take the raw bytes too, for idempotency hashing.
 
+use std::time::Duration;
+
 use actix_web::http::header;
 use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
@@ -9,13 +11,26 @@ use serde::de::DeserializeOwned;
 
 use super::problem::ApiError;
 
-/// Reads the body up to `limit` bytes.
+/// Reads the body up to `limit` bytes, within `timeout` (a client that declares a body
+/// and never sends it does not hold a connection forever).
 ///
 /// # Errors
+/// [`ApiError::RequestTimeout`] when the body does not arrive in time;
 /// [`ApiError::PayloadTooLarge`] past the limit (checked against `Content-Length`
 /// first, so a huge upload is refused before it is read), [`ApiError::InvalidJson`]
 /// when the upload breaks off.
 pub async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(timeout, read_limited(req, payload, limit))
+        .await
+        .map_err(|_| ApiError::RequestTimeout(timeout.as_secs()))?
+}
+
+async fn read_limited(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
@@ -43,8 +58,9 @@ pub async fn read_body(
 /// Parses `body` as JSON into `T`, after checking the request said it was JSON.
 ///
 /// # Errors
-/// [`ApiError::InvalidJson`] for a wrong content type, malformed JSON, or JSON of the
-/// wrong shape (unknown fields included), with serde's explanation.
+/// [`ApiError::InvalidJson`] for a content type other than `application/json`, a body
+/// that is not a JSON object, malformed JSON, or JSON of the wrong shape (unknown
+/// fields included), with serde's explanation.
 pub fn parse<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, ApiError> {
     let content_type = req
         .headers()

@@ -45,6 +45,8 @@ pub struct AppState {
     pub token_ttl_secs: u64,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
 /// Mounts every route.

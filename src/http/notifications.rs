@@ -83,7 +83,13 @@ impl PublishRequest {
             }
         };
         let payload = match self.payload {
-            None => Some(RawValue::from_string("{}".to_owned()).map_err(anyhow::Error::from)?),
+            None => {
+                errors.push(FieldError::new(
+                    "payload",
+                    "is required and must be a JSON object",
+                ));
+                None
+            }
             Some(p) if !p.get().starts_with('{') => {
                 errors.push(FieldError::new("payload", "must be a JSON object"));
                 None
@@ -95,7 +101,18 @@ impl PublishRequest {
                 ));
                 None
             }
-            Some(p) => Some(p),
+            // Every client must be able to parse what it receives: no numbers out of
+            // range, no nesting deeper than serde_json's limit.
+            Some(p) => match serde_json::from_str::<serde_json::Value>(p.get()) {
+                Ok(_) => Some(p),
+                Err(e) => {
+                    errors.push(FieldError::new(
+                        "payload",
+                        format!("is not portable JSON: {e}"),
+                    ));
+                    None
+                }
+            },
         };
         match (audience, event, payload) {
             (Some(audience), Some(event), Some(payload)) if errors.is_empty() => {
@@ -123,7 +140,7 @@ async fn publish(
     }
     tracing::Span::current().record("publisher", tracing::field::display(claims.sub));
     let key = idempotency::key_from(&req)?;
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, state.max_body_bytes, state.body_timeout).await?;
     let notification = parse::<PublishRequest>(&req, &body)?.validate()?;
 
     let claimed: Option<ClaimedKey> = match key {
@@ -159,6 +176,14 @@ async fn publish(
         idempotency::release(&*state.store, claimed).await;
     }
     result
+}
+
+/// A page of history. Serialized directly (payloads stay raw text), never through
+/// `serde_json::Value`, so payloads come back byte for byte as they were published.
+#[derive(Serialize)]
+struct HistoryPage<'a> {
+    notifications: Vec<HistoryItem<'a>>,
+    next_after: NotificationId,
 }
 
 #[derive(Serialize)]
@@ -222,6 +247,9 @@ async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let next_after = rows.last().map_or(after, |n| n.id);
-    let items: Vec<HistoryItem<'_>> = rows.iter().map(HistoryItem::from).collect();
-    Ok(HttpResponse::Ok().json(json!({ "notifications": items, "next_after": next_after })))
+    let page = HistoryPage {
+        notifications: rows.iter().map(HistoryItem::from).collect(),
+        next_after,
+    };
+    Ok(HttpResponse::Ok().json(page))
 }

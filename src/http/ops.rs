@@ -10,9 +10,10 @@ pub const STALE_HEARTBEAT_MS: u64 = 5_000;
 
 /// Mounts the operator routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/livez", web::get().to(livez))
-        .route("/readyz", web::get().to(readyz))
-        .route("/api/health/actors", web::get().to(actors));
+    // Probes answer HEAD too: some load balancers check with it.
+    cfg.service(web::resource("/livez").get(livez).head(livez))
+        .service(web::resource("/readyz").get(readyz).head(readyz))
+        .service(web::resource("/api/health/actors").get(actors));
 }
 
 /// 200 while the process serves requests; never checks dependencies.

@@ -41,6 +41,9 @@ pub enum ApiError {
     /// Fields failed validation.
     #[error("request validation failed")]
     Validation(Vec<FieldError>),
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {0} s")]
+    RequestTimeout(u64),
     /// Body over the configured limit.
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
@@ -86,6 +89,7 @@ impl ApiError {
             Self::InvalidJson(_) => "invalid_json",
             Self::Validation(_) => "validation_failed",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::RequestTimeout(_) => "request_timeout",
             Self::IdempotencyKeyMissing => "idempotency_key_missing",
             Self::IdempotencyKeyInvalid => "idempotency_key_invalid",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
@@ -105,6 +109,7 @@ impl ApiError {
             Self::InvalidJson(_) => "Invalid JSON",
             Self::Validation(_) => "Validation failed",
             Self::PayloadTooLarge(_) => "Payload too large",
+            Self::RequestTimeout(_) => "Request timeout",
             Self::IdempotencyKeyMissing => "Idempotency-Key missing",
             Self::IdempotencyKeyInvalid => "Idempotency-Key invalid",
             Self::IdempotencyKeyReused => "Idempotency-Key reused",
@@ -172,6 +177,7 @@ impl ResponseError for ApiError {
             }
             Self::Validation(_) | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::IdempotencyInFlight | Self::EmailTaken => StatusCode::CONFLICT,
             Self::InvalidCredentials | Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope(_) => StatusCode::FORBIDDEN,

@@ -104,7 +104,7 @@ async fn signup(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency::key_from(&req)?.ok_or(ApiError::IdempotencyKeyMissing)?;
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, state.max_body_bytes, state.body_timeout).await?;
     let signup = parse::<SignupRequest>(&req, &body)?.validate()?;
 
     let claimed = match idempotency::claim(&*state.store, "signup".into(), key, &body).await? {
@@ -173,8 +173,8 @@ async fn signup(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LoginRequest {
-    email: String,
-    password: String,
+    email: Option<String>,
+    password: Option<String>,
 }
 
 #[instrument(skip_all)]
@@ -183,10 +183,23 @@ async fn login(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, state.max_body_bytes, state.body_timeout).await?;
     let login: LoginRequest = parse(&req, &body)?;
-    let password = SecretString::from(login.password);
-    let credentials = match Email::parse(&login.email) {
+    let (email, password) = match (login.email, login.password) {
+        (Some(email), Some(password)) => (email, password),
+        (email, password) => {
+            let missing = [("email", email.is_none()), ("password", password.is_none())];
+            return Err(ApiError::Validation(
+                missing
+                    .iter()
+                    .filter(|(_, absent)| *absent)
+                    .map(|(field, _)| FieldError::new(field, "is required"))
+                    .collect(),
+            ));
+        }
+    };
+    let password = SecretString::from(password);
+    let credentials = match Email::parse(&email) {
         Ok(email) => state
             .store
             .credentials_by_email(&email)

@@ -14,6 +14,9 @@ use herald_actors::session::{
 
 use super::{bearer_token, AppState};
 
+/// Close code for an upgrade request whose query string is unusable.
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+
 /// Mounts the WebSocket route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(connect));
@@ -61,13 +64,20 @@ async fn connect(
     stream: web::Payload,
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
-    let query = web::Query::<WsQuery>::from_query(req.query_string());
+    let query = serde_urlencoded::from_str::<WsQuery>(req.query_string());
     let (admission, after) = match query {
-        Ok(q) => (admit(&req, &q, &state), q.after.filter(|a| *a >= 0)),
-        Err(_) => (
+        Ok(q) if q.after.is_some_and(|a| a < 0) => (
             Admission::Rejected {
-                code: 1008,
-                reason: "invalid query: `after` must be a notification id".into(),
+                code: CLOSE_POLICY_VIOLATION,
+                reason: "invalid query: `after` must be a notification id (0 or more)".into(),
+            },
+            None,
+        ),
+        Ok(q) => (admit(&req, &q, &state), q.after),
+        Err(err) => (
+            Admission::Rejected {
+                code: CLOSE_POLICY_VIOLATION,
+                reason: format!("invalid query: {err}"),
             },
             None,
         ),
