@@ -320,12 +320,15 @@ impl Actor for WsSession {
             close: ctx.address().recipient(),
         };
         // Register before reading any client frame, so a resume can never miss a push.
+        // From here on the session counts as registered: if it is dropped before the
+        // answer arrives, its `Disconnect` still follows the `Connect` in the
+        // registry's mailbox.
+        self.registered = true;
         self.registry
             .send(connect)
             .into_actor(self)
             .map(|result, act, ctx| match result {
                 Ok(()) => {
-                    act.registered = true;
                     if let Some(after) = act.initial_after {
                         act.start_replay(after, ctx);
                     }

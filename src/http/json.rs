@@ -73,9 +73,7 @@ pub fn parse<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, A
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    if essence != "application/json"
-        && !(essence.starts_with("application/") && essence.ends_with("+json"))
-    {
+    if essence != "application/json" {
         return Err(ApiError::InvalidJson(format!(
             "Content-Type must be application/json, not `{}`",
             if content_type.is_empty() {
@@ -84,6 +82,13 @@ pub fn parse<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, A
                 content_type
             }
         )));
+    }
+    // Structs would also accept a JSON array (fields by position): refuse anything but
+    // an object up front.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::InvalidJson(
+            "request body must be a JSON object".into(),
+        ));
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::InvalidJson(format!("request body is not valid: {e}")))

@@ -9,6 +9,7 @@
 
 mod bad_input;
 mod cli;
+mod hardening;
 mod helpers;
 mod restart;
 mod resume;

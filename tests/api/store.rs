@@ -114,7 +114,10 @@ async fn store_idempotency_keys_go_through_claim_replay_mismatch_and_release() {
     ));
     // A claim whose request died is taken over after the in-flight timeout.
     assert_eq!(
-        store.claim_idempotency_key("s", "r", "h", 0).await.unwrap(),
+        store
+            .claim_idempotency_key("s", "r", "h", 3600)
+            .await
+            .unwrap(),
         IdempotencyClaim::InFlight
     );
     std::thread::sleep(std::time::Duration::from_millis(5));
