@@ -80,10 +80,13 @@ async fn resume_from_the_middle_while_pushes_continue_sees_every_id_once_in_orde
     let mut ws = app.connect(&format!("token={token}")).await;
     ws.send_text(&format!(r#"{{"type":"resume","after":{}}}"#, stored[249]))
         .await;
+    // Once the first replayed frame is here the resume is under way (it was the first
+    // frame the session read); the live pushes start while it replays the rest.
+    assert_eq!(ws.next_json().await["id"], stored[250]);
     let live = actix_web::rt::spawn(publish_many(app.address.clone(), publisher, user, 500, 4));
 
     let live = live.await.unwrap();
-    let expected: Vec<i64> = stored[250..].iter().chain(live.iter()).copied().collect();
+    let expected: Vec<i64> = stored[251..].iter().chain(live.iter()).copied().collect();
     assert_receives_exactly(&mut ws, &expected).await;
 }
 
