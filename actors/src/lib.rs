@@ -11,6 +11,7 @@
 //! - [`ports`]: `Store`, `Bus`, `MailTransport` — what the actors need from outside.
 //! - [`health`]: the per-actor status board behind `/api/health/actors` and `/readyz`.
 //! - [`backoff`]: exponential backoff with full jitter, shared by retrying actors.
+//! - [`pump`]: the batch-draining loop shared by the outbox relay and the mailer.
 //! - Actors, one per file: [`session`] (`WsSession`), [`registry`] (`Registry`),
 //!   [`writer`] (`NotificationWriter`), [`consumer`] (`Consumer`, one per topic),
 //!   [`outbox_relay`] (`OutboxRelay`), [`mailer`] (`Mailer`), [`janitor`] (`Janitor`).
@@ -27,6 +28,7 @@ pub mod mailer;
 pub mod messages;
 pub mod outbox_relay;
 pub mod ports;
+pub mod pump;
 pub mod registry;
 pub mod session;
 pub mod welcome;

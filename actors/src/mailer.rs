@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
+use futures_util::future::BoxFuture;
 use tracing::{error, info, instrument, warn};
 
 use crate::backoff::Backoff;
@@ -16,6 +17,7 @@ use crate::domain::MailJob;
 use crate::health::{ActorStats, ActorStatus};
 use crate::messages::Nudge;
 use crate::ports::{MailError, MailTransport, Store};
+use crate::pump::{self, BatchDrainer, Pump};
 
 /// How many due jobs one pass takes.
 pub const BATCH: u32 = 50;
@@ -37,8 +39,7 @@ pub struct Mailer {
     transport: Arc<dyn MailTransport>,
     config: MailerConfig,
     stats: Arc<ActorStats>,
-    busy: bool,
-    again: bool,
+    pump: Pump,
 }
 
 impl Mailer {
@@ -54,32 +55,30 @@ impl Mailer {
             transport,
             config,
             stats,
-            busy: false,
-            again: false,
+            pump: Pump::default(),
         }
     }
+}
 
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        if self.busy {
-            self.again = true;
-            return;
-        }
-        self.busy = true;
-        self.again = false;
+impl BatchDrainer for Mailer {
+    fn pump(&mut self) -> &mut Pump {
+        &mut self.pump
+    }
+
+    fn stats(&self) -> &ActorStats {
+        &self.stats
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.config.poll_interval
+    }
+
+    fn batch(&self) -> BoxFuture<'static, bool> {
         let store = Arc::clone(&self.store);
         let transport = Arc::clone(&self.transport);
         let config = self.config.clone();
         let stats = Arc::clone(&self.stats);
-        ctx.spawn(
-            async move { send_due(&*store, &*transport, &config, &stats).await }
-                .into_actor(self)
-                .map(|full_batch, act, ctx| {
-                    act.busy = false;
-                    if full_batch || act.again {
-                        ctx.notify(Nudge);
-                    }
-                }),
-        );
+        Box::pin(async move { send_due(&*store, &*transport, &config, &stats).await })
     }
 }
 
@@ -153,14 +152,7 @@ impl Actor for Mailer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.busy = false;
-        self.stats.set_status(ActorStatus::Running);
-        self.stats.heartbeat();
-        ctx.run_interval(self.config.poll_interval, |act, ctx| {
-            act.stats.heartbeat();
-            act.drain(ctx);
-        });
-        self.drain(ctx);
+        pump::start(self, ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -178,6 +170,6 @@ impl Handler<Nudge> for Mailer {
     type Result = ();
 
     fn handle(&mut self, _: Nudge, ctx: &mut Self::Context) {
-        self.drain(ctx);
+        pump::drain(self, ctx);
     }
 }

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures_util::future::BoxFuture;
 use tracing::{instrument, warn};
 
 use crate::health::{ActorStats, ActorStatus};
 use crate::messages::Nudge;
 use crate::ports::{Bus, Store};
+use crate::pump::{self, BatchDrainer, Pump};
 
 /// How many events one pass takes.
 pub const BATCH: u32 = 200;
@@ -22,8 +24,7 @@ pub struct OutboxRelay {
     bus: Arc<dyn Bus>,
     poll_interval: Duration,
     stats: Arc<ActorStats>,
-    busy: bool,
-    again: bool,
+    pump: Pump,
 }
 
 impl OutboxRelay {
@@ -40,31 +41,29 @@ impl OutboxRelay {
             bus,
             poll_interval,
             stats,
-            busy: false,
-            again: false,
+            pump: Pump::default(),
         }
     }
+}
 
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        if self.busy {
-            self.again = true;
-            return;
-        }
-        self.busy = true;
-        self.again = false;
+impl BatchDrainer for OutboxRelay {
+    fn pump(&mut self) -> &mut Pump {
+        &mut self.pump
+    }
+
+    fn stats(&self) -> &ActorStats {
+        &self.stats
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    fn batch(&self) -> BoxFuture<'static, bool> {
         let store = Arc::clone(&self.store);
         let bus = Arc::clone(&self.bus);
         let stats = Arc::clone(&self.stats);
-        ctx.spawn(
-            async move { relay_batch(&*store, &*bus, &stats).await }
-                .into_actor(self)
-                .map(|more, act, ctx| {
-                    act.busy = false;
-                    if more || act.again {
-                        ctx.notify(Nudge);
-                    }
-                }),
-        );
+        Box::pin(async move { relay_batch(&*store, &*bus, &stats).await })
     }
 }
 
@@ -117,14 +116,7 @@ impl Actor for OutboxRelay {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.busy = false;
-        self.stats.set_status(ActorStatus::Running);
-        self.stats.heartbeat();
-        ctx.run_interval(self.poll_interval, |act, ctx| {
-            act.stats.heartbeat();
-            act.drain(ctx);
-        });
-        self.drain(ctx);
+        pump::start(self, ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -142,6 +134,6 @@ impl Handler<Nudge> for OutboxRelay {
     type Result = ();
 
     fn handle(&mut self, _: Nudge, ctx: &mut Self::Context) {
-        self.drain(ctx);
+        pump::drain(self, ctx);
     }
 }

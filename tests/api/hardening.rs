@@ -32,15 +32,7 @@ async fn payloads_no_client_could_parse_are_refused_and_history_stays_readable()
     let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
     for payload in [r#"{"a":1e400}"#.to_owned(), deep] {
         let body = format!(r#"{{"user_id":"{user}","event":"e","payload":{payload}}}"#);
-        let auth = format!("Bearer {publisher}");
-        let reply = app
-            .post_raw(
-                "/api/notifications",
-                "application/json",
-                body.into_bytes(),
-                &[("Authorization", &auth)],
-            )
-            .await;
+        let reply = app.publish_raw(&publisher, body).await;
         assert!(
             matches!(reply.status, 400 | 422),
             "{payload:.40} accepted: {}",
@@ -60,15 +52,7 @@ async fn history_returns_payloads_byte_for_byte() {
     let body = format!(
         r#"{{"user_id":"{user}","event":"e","payload":{{"n":18446744073709551616,"f":0.1}}}}"#
     );
-    let auth = format!("Bearer {}", app.publisher_token());
-    let reply = app
-        .post_raw(
-            "/api/notifications",
-            "application/json",
-            body.into_bytes(),
-            &[("Authorization", &auth)],
-        )
-        .await;
+    let reply = app.publish_raw(&app.publisher_token(), body).await;
     assert_eq!(reply.status, 202);
     let history = app.history(&token, 0, 50).await;
     let text = String::from_utf8(history.raw).unwrap();
@@ -237,14 +221,7 @@ async fn resume_replays_what_this_connection_already_received_when_asked() {
     let mut ws = app.connect(&format!("token={token}")).await;
     let mut ids = Vec::new();
     for n in 0..3 {
-        let reply = app
-            .publish(
-                &publisher,
-                &json!({ "user_id": user, "event": "e", "payload": { "n": n } }),
-                None,
-            )
-            .await;
-        ids.push(reply.body["id"].as_i64().unwrap());
+        ids.push(app.publish_to(&publisher, user, n).await);
         assert_eq!(ws.next_json().await["id"], ids[n]);
     }
     ws.send_text(&format!(r#"{{"type":"resume","after":{}}}"#, ids[0] - 1))
@@ -280,16 +257,7 @@ async fn a_client_that_vanishes_without_closing_leaves_the_registry() {
     let port = app.port;
     actix_web::rt::task::spawn_blocking(move || {
         for _ in 0..20 {
-            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            write!(
-                stream,
-                "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            )
-            .unwrap();
-            let mut buf = [0; 512];
-            let n = stream.read(&mut buf).unwrap();
-            assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
+            let stream = raw_websocket(port, &token);
             // Reset instead of closing: no close frame, no FIN.
             socket_reset(stream);
         }
@@ -300,6 +268,26 @@ async fn a_client_that_vanishes_without_closing_leaves_the_registry() {
         (registry_sessions(&app).await == 0).then_some(())
     })
     .await;
+}
+
+/// Opens a WebSocket by hand on a plain TCP socket and returns it after the `101`,
+/// for tests that misbehave below the WebSocket protocol.
+fn raw_websocket(port: u16, token: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0; 512];
+    let n = stream.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    stream
 }
 
 /// Drops `stream` with SO_LINGER 0, which sends a TCP reset.
@@ -317,21 +305,9 @@ async fn a_client_that_stops_reading_is_dropped_from_the_registry() {
     let publisher = app.publisher_token();
     let port = app.port;
     // A raw socket that completes the handshake and then never reads again.
-    let stream = actix_web::rt::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(
-            stream,
-            "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
+    let stream = actix_web::rt::task::spawn_blocking(move || raw_websocket(port, &token))
+        .await
         .unwrap();
-        let mut buf = [0; 512];
-        let n = stream.read(&mut buf).unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
-        stream
-    })
-    .await
-    .unwrap();
     app.eventually("the session to register", || async {
         (registry_sessions(&app).await == 1).then_some(())
     })

@@ -225,6 +225,31 @@ impl TestApp {
         .await
     }
 
+    /// Publishes a raw JSON body (for payloads `serde_json::Value` cannot hold).
+    pub async fn publish_raw(&self, token: &str, body: String) -> Reply {
+        let auth = format!("Bearer {token}");
+        self.post_raw(
+            "/api/notifications",
+            "application/json",
+            body.into_bytes(),
+            &[("Authorization", &auth)],
+        )
+        .await
+    }
+
+    /// Publishes event `e` with payload `{"n": n}` to `user`; returns the id.
+    pub async fn publish_to(&self, token: &str, user: UserId, n: usize) -> i64 {
+        let reply = self
+            .publish(
+                token,
+                &json!({ "user_id": user, "event": "e", "payload": { "n": n } }),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{:?}", reply.body);
+        reply.body["id"].as_i64().expect("id")
+    }
+
     pub async fn history(&self, token: &str, after: i64, limit: u32) -> Reply {
         self.get(
             &format!("/api/notifications?after={after}&limit={limit}"),

@@ -122,14 +122,7 @@ async fn history_pages_ascending_after_an_id() {
     let publisher = app.publisher_token();
     let mut ids = Vec::new();
     for n in 0..7 {
-        let reply = app
-            .publish(
-                &publisher,
-                &json!({ "user_id": user, "event": "e", "payload": { "n": n } }),
-                None,
-            )
-            .await;
-        ids.push(reply.body["id"].as_i64().unwrap());
+        ids.push(app.publish_to(&publisher, user, n).await);
     }
     let page = app.history(&token, ids[1], 3).await;
     let got: Vec<i64> = page.body["notifications"]
