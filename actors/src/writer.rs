@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use serde::Serialize;
 use tracing::{error, instrument};
 use uuid::Uuid;
 
-use crate::domain::{Notification, NotificationStored, Topic};
+use crate::domain::{Notification, Topic};
 use crate::health::{ActorStats, ActorStatus};
 use crate::messages::Publish;
 use crate::ports::{Bus, Store, StoreError};
@@ -54,11 +55,19 @@ impl Supervised for NotificationWriter {
     }
 }
 
-/// Encodes the `notifications` topic event.
+/// The `notifications` topic event, borrowed: encoding it does not copy the payload.
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    event_id: Uuid,
+    notification: &'a Notification,
+}
+
+/// Encodes the `notifications` topic event (the wire form of
+/// [`NotificationStored`](crate::domain::NotificationStored)).
 pub fn encode_stored(notification: &Notification) -> Bytes {
-    let event = NotificationStored {
+    let event = StoredRef {
         event_id: Uuid::new_v4(),
-        notification: notification.clone(),
+        notification,
     };
     serde_json::to_vec(&event)
         .map(Bytes::from)
@@ -97,5 +106,33 @@ impl Handler<Publish> for NotificationWriter {
             }
             .into_actor(self),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EventName, NotificationStored, UserId};
+
+    #[test]
+    fn the_encoded_event_decodes_as_notification_stored() {
+        let notification = Notification {
+            id: 42,
+            user_id: Some(UserId::new()),
+            event: EventName::parse("e").unwrap(),
+            payload: serde_json::value::RawValue::from_string(
+                r#"{"n":18446744073709551616}"#.into(),
+            )
+            .unwrap(),
+            created_at: chrono::Utc::now(),
+        };
+        let decoded: NotificationStored =
+            serde_json::from_slice(&encode_stored(&notification)).unwrap();
+        assert_eq!(decoded.notification.id, 42);
+        assert_eq!(decoded.notification.user_id, notification.user_id);
+        assert_eq!(
+            decoded.notification.payload.get(),
+            r#"{"n":18446744073709551616}"#
+        );
     }
 }
