@@ -500,3 +500,75 @@ impl Drop for Node {
         let _ = self.child.wait();
     }
 }
+
+/// Where PostgreSQL tests connect (overridable with `HERALD_TEST_POSTGRES_URL`). CI
+/// runs PostgreSQL on this machine; when it is unreachable the tests fail, they do not
+/// skip.
+pub fn postgres_url() -> String {
+    std::env::var("HERALD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A throw-away schema in the test PostgreSQL database: each test gets its own tables.
+pub struct PgTestDb {
+    /// URL whose connections use the schema.
+    pub url: String,
+    schema: String,
+    admin: tokio_postgres::Client,
+}
+
+impl PgTestDb {
+    /// Creates a fresh schema (and drops ones that earlier, crashed runs left behind).
+    pub async fn create() -> Self {
+        let base = postgres_url();
+        let (admin, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for these tests: {e}"));
+        actix_web::rt::spawn(connection);
+        let now = chrono::Utc::now().timestamp();
+        let stale = admin
+            .query(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'herald_test_%'",
+                &[],
+            )
+            .await
+            .expect("list schemas");
+        for row in stale {
+            let name: String = row.get(0);
+            let born = name
+                .split('_')
+                .nth(2)
+                .and_then(|t| t.parse::<i64>().ok())
+                .unwrap_or(now);
+            if now - born > 3600 {
+                let _ = admin
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .await;
+            }
+        }
+        let schema = format!("herald_test_{now}_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .expect("create schema");
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-csearch_path%3D{schema}");
+        Self { url, schema, admin }
+    }
+
+    /// A migrated store over the schema.
+    pub async fn store(&self) -> std::sync::Arc<dyn herald_actors::ports::Store> {
+        use herald::backends::store::postgres;
+        let pool = postgres::pool(&self.url, 4).expect("pool");
+        postgres::migrate(&pool).await.expect("migrations apply");
+        std::sync::Arc::new(postgres::PostgresStore::new(pool))
+    }
+
+    /// Drops the schema.
+    pub async fn cleanup(self) {
+        let _ = self
+            .admin
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .await;
+    }
+}

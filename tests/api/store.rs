@@ -14,6 +14,42 @@ use herald_actors::domain::{
 };
 use herald_actors::ports::{IdempotencyClaim, IdempotentResponse, Store, StoreError};
 
+/// Runs each contract against every adapter: `sqlite::NAME` and `postgres::NAME`.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[actix_web::test]
+                async fn $name() {
+                    let (_dir, store) = super::sqlite();
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[actix_web::test]
+                async fn $name() {
+                    let db = crate::helpers::PgTestDb::create().await;
+                    super::$name(db.store().await).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    store_a_reader_following_history_never_misses_an_id_under_concurrent_writers,
+    store_users_are_unique_by_email_case_insensitively_and_carry_an_outbox_event,
+    store_idempotency_keys_go_through_claim_replay_mismatch_and_release,
+    store_prunes_only_idempotency_keys_older_than_the_cutoff,
+    store_notifications_dedupe_by_key_and_page_by_id,
+    store_a_notification_and_its_idempotent_response_commit_together,
+    store_mail_is_queued_once_and_retried_when_due,
+    store_outbox_events_stay_pending_until_marked_published,
+);
+
 fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
     let db = SqliteDb::open(&dir.path().join("herald.db")).unwrap();
@@ -47,9 +83,9 @@ fn note(user: UserId, dedupe: Option<&str>) -> NewNotification {
     }
 }
 
-#[actix_web::test]
-async fn store_users_are_unique_by_email_case_insensitively_and_carry_an_outbox_event() {
-    let (_dir, store) = sqlite();
+async fn store_users_are_unique_by_email_case_insensitively_and_carry_an_outbox_event(
+    store: Arc<dyn Store>,
+) {
     let ada = user("Ada@Example.com");
     store
         .create_user(&ada, "hash", &event(&ada), None)
@@ -74,9 +110,9 @@ async fn store_users_are_unique_by_email_case_insensitively_and_carry_an_outbox_
     assert_eq!(store.user_by_id(UserId::new()).await.unwrap(), None);
 }
 
-#[actix_web::test]
-async fn store_idempotency_keys_go_through_claim_replay_mismatch_and_release() {
-    let (_dir, store) = sqlite();
+async fn store_idempotency_keys_go_through_claim_replay_mismatch_and_release(
+    store: Arc<dyn Store>,
+) {
     let claim = |key: &'static str, hash: &'static str| {
         let store = Arc::clone(&store);
         async move {
@@ -127,9 +163,7 @@ async fn store_idempotency_keys_go_through_claim_replay_mismatch_and_release() {
     );
 }
 
-#[actix_web::test]
-async fn store_prunes_only_idempotency_keys_older_than_the_cutoff() {
-    let (_dir, store) = sqlite();
+async fn store_prunes_only_idempotency_keys_older_than_the_cutoff(store: Arc<dyn Store>) {
     store
         .claim_idempotency_key("s", "old", "h", 60)
         .await
@@ -157,9 +191,7 @@ async fn store_prunes_only_idempotency_keys_older_than_the_cutoff() {
     );
 }
 
-#[actix_web::test]
-async fn store_notifications_dedupe_by_key_and_page_by_id() {
-    let (_dir, store) = sqlite();
+async fn store_notifications_dedupe_by_key_and_page_by_id(store: Arc<dyn Store>) {
     let ada = UserId::new();
     let (first, inserted) = store
         .insert_notification(&note(ada, Some("welcome:1")), None)
@@ -204,9 +236,7 @@ async fn store_notifications_dedupe_by_key_and_page_by_id() {
     );
 }
 
-#[actix_web::test]
-async fn store_a_notification_and_its_idempotent_response_commit_together() {
-    let (_dir, store) = sqlite();
+async fn store_a_notification_and_its_idempotent_response_commit_together(store: Arc<dyn Store>) {
     assert_eq!(
         store
             .claim_idempotency_key("p", "k", "h", 60)
@@ -236,9 +266,7 @@ async fn store_a_notification_and_its_idempotent_response_commit_together() {
     assert_eq!(body["id"], stored.id);
 }
 
-#[actix_web::test]
-async fn store_mail_is_queued_once_and_retried_when_due() {
-    let (_dir, store) = sqlite();
+async fn store_mail_is_queued_once_and_retried_when_due(store: Arc<dyn Store>) {
     let job = MailJob {
         id: "welcome-1".into(),
         to: Email::parse("ada@example.com").unwrap(),
@@ -278,9 +306,7 @@ async fn store_mail_is_queued_once_and_retried_when_due() {
     );
 }
 
-#[actix_web::test]
-async fn store_outbox_events_stay_pending_until_marked_published() {
-    let (_dir, store) = sqlite();
+async fn store_outbox_events_stay_pending_until_marked_published(store: Arc<dyn Store>) {
     for email in ["a@example.com", "b@example.com"] {
         let u = user(email);
         store.create_user(&u, "h", &event(&u), None).await.unwrap();
@@ -292,4 +318,41 @@ async fn store_outbox_events_stay_pending_until_marked_published() {
     let left = store.pending_outbox(10).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].id, pending[1].id);
+}
+
+/// What `resume` relies on: a reader that repeatedly asks for ids after the last one
+/// it saw must, in the end, have seen every id — so no id may become visible after a
+/// larger one did. Database sequences alone break this under concurrent transactions.
+async fn store_a_reader_following_history_never_misses_an_id_under_concurrent_writers(store: Arc<dyn Store>) {
+    let user = UserId::new();
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            actix_web::rt::spawn(async move {
+                for _ in 0..50 {
+                    store.insert_notification(&note(user, None), None).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let mut last = 0;
+    let mut finished = false;
+    loop {
+        let page = store.history(user, last, None, 500).await.unwrap();
+        if let Some(n) = page.last() {
+            last = n.id;
+        }
+        seen.extend(page.iter().map(|n| n.id));
+        if finished {
+            break;
+        }
+        finished = writers.iter().all(|w| w.is_finished());
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let all: Vec<_> = store.history(user, 0, None, 500).await.unwrap().iter().map(|n| n.id).collect();
+    assert_eq!(all.len(), 200);
+    assert_eq!(seen, all, "the incremental reader missed ids");
 }

@@ -1,3 +1,4 @@
 //! Store adapters.
 
+pub mod postgres;
 pub mod sqlite;
