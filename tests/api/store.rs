@@ -323,14 +323,19 @@ async fn store_outbox_events_stay_pending_until_marked_published(store: Arc<dyn 
 /// What `resume` relies on: a reader that repeatedly asks for ids after the last one
 /// it saw must, in the end, have seen every id — so no id may become visible after a
 /// larger one did. Database sequences alone break this under concurrent transactions.
-async fn store_a_reader_following_history_never_misses_an_id_under_concurrent_writers(store: Arc<dyn Store>) {
+async fn store_a_reader_following_history_never_misses_an_id_under_concurrent_writers(
+    store: Arc<dyn Store>,
+) {
     let user = UserId::new();
     let writers: Vec<_> = (0..4)
         .map(|_| {
             let store = Arc::clone(&store);
             actix_web::rt::spawn(async move {
                 for _ in 0..50 {
-                    store.insert_notification(&note(user, None), None).await.unwrap();
+                    store
+                        .insert_notification(&note(user, None), None)
+                        .await
+                        .unwrap();
                 }
             })
         })
@@ -352,7 +357,13 @@ async fn store_a_reader_following_history_never_misses_an_id_under_concurrent_wr
     for writer in writers {
         writer.await.unwrap();
     }
-    let all: Vec<_> = store.history(user, 0, None, 500).await.unwrap().iter().map(|n| n.id).collect();
+    let all: Vec<_> = store
+        .history(user, 0, None, 500)
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.id)
+        .collect();
     assert_eq!(all.len(), 200);
     assert_eq!(seen, all, "the incremental reader missed ids");
 }

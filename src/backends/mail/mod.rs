@@ -1,3 +1,4 @@
 //! Mail transport adapters.
 
 pub mod file;
+pub mod smtp;
