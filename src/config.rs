@@ -52,6 +52,28 @@ pub struct Settings {
     pub mail: MailSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Redis, for the cluster-wide registry mirror.
+    pub redis: RedisSettings,
+}
+
+/// `[redis]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`. When set, every session is mirrored there (any mode);
+    /// production mode requires it.
+    pub url: Option<String>,
+    /// Seconds a node's keys outlive it without heartbeats (refreshed every third).
+    pub ttl_secs: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            ttl_secs: 30,
+        }
+    }
 }
 
 /// `[server]`.
@@ -68,6 +90,9 @@ pub struct ServerSettings {
     pub body_timeout_secs: u64,
     /// HTTP worker threads (0: one per core).
     pub workers: usize,
+    /// This node's name in the cluster (Redis keys, consumer groups). Unset: a fresh
+    /// random id at every start.
+    pub node_id: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -78,6 +103,7 @@ impl Default for ServerSettings {
             max_body_bytes: 256 * 1024,
             body_timeout_secs: 30,
             workers: 0,
+            node_id: None,
         }
     }
 }
@@ -254,6 +280,17 @@ impl Settings {
         }
         if self.websocket.outbound_queue == 0 || self.websocket.max_frame_bytes < 128 {
             return bad("websocket.outbound_queue must be positive and websocket.max_frame_bytes at least 128");
+        }
+        if self.redis.ttl_secs < 3 {
+            return bad("redis.ttl_secs must be at least 3");
+        }
+        if self.server.node_id.as_deref().is_some_and(|id| {
+            id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        }) {
+            return bad("server.node_id may contain only letters, digits, - and _");
         }
         if self.server.body_timeout_secs == 0 {
             return bad("server.body_timeout_secs must be positive");

@@ -23,14 +23,15 @@ use herald_actors::health::HealthBoard;
 use herald_actors::janitor::Janitor;
 use herald_actors::mailer::Mailer;
 use herald_actors::outbox_relay::OutboxRelay;
-use herald_actors::ports::{Bus, MailTransport, Store};
-use herald_actors::registry::Registry;
+use herald_actors::ports::{Bus, MailTransport, RegistryMirror, Store};
+use herald_actors::registry::{Mirroring, Registry};
 use herald_actors::welcome::UserCreatedHandler;
 use herald_actors::writer::NotificationWriter;
 
 use crate::auth::jwt::{self, TokenService};
 use crate::backends::bus::sqlite::SqliteBus;
 use crate::backends::mail::file::FileMailTransport;
+use crate::backends::registry::redis::RedisMirror;
 use crate::backends::store::sqlite::{SqliteDb, SqliteStore};
 use crate::config::{Mode, Settings};
 use crate::http::problem::{normalize_error, ApiError};
@@ -118,10 +119,32 @@ impl Application {
                 .context("while creating the mail directory")?,
         );
 
+        let node_id = settings
+            .server
+            .node_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let redis = match &settings.redis.url {
+            Some(url) => Some(Arc::new(
+                RedisMirror::new(
+                    url,
+                    node_id.clone(),
+                    Duration::from_secs(settings.redis.ttl_secs),
+                )
+                .context("while configuring redis")?,
+            )),
+            None => None,
+        };
+
         let board = HealthBoard::new();
         let registry = {
             let stats = board.register("registry", "Registry", true);
-            Supervisor::start(move |_| Registry::new(stats))
+            let mirroring = redis.as_ref().map(|mirror| Mirroring {
+                mirror: Arc::clone(mirror) as Arc<dyn RegistryMirror>,
+                node: node_id.clone(),
+                refresh_interval: Duration::from_secs(settings.redis.ttl_secs / 3),
+            });
+            Supervisor::start(move |_| Registry::mirrored(stats, mirroring))
         };
         let writer = {
             let stats = board.register("notification_writer", "NotificationWriter", true);
@@ -189,6 +212,7 @@ impl Application {
             token_ttl_secs: settings.auth.token_ttl_secs,
             max_body_bytes: settings.server.max_body_bytes,
             body_timeout: Duration::from_secs(settings.server.body_timeout_secs),
+            redis,
         });
 
         let listener = TcpListener::bind(&settings.server.bind)
@@ -208,7 +232,7 @@ impl Application {
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }
-        info!(addr = %settings.server.bind, port, data_dir = %data_dir.display(), "herald listening");
+        info!(addr = %settings.server.bind, port, node_id, data_dir = %data_dir.display(), "herald listening");
         Ok(Self {
             port,
             server: server.run(),

@@ -8,7 +8,8 @@
 //! - [`domain`]: newtypes that parse (`Email`, `UserName`, `EventName`, `UserId`) and
 //!   the records that travel (`User`, `Notification`, bus events, mail).
 //! - [`messages`]: the typed actor messages (`Connect`, `Deliver`, `Push`, …).
-//! - [`ports`]: `Store`, `Bus`, `MailTransport` — what the actors need from outside.
+//! - [`ports`]: `Store`, `Bus`, `MailTransport`, `RegistryMirror` — what the actors
+//!   need from outside.
 //! - [`health`]: the per-actor status board behind `/api/health/actors` and `/readyz`.
 //! - [`backoff`]: exponential backoff with full jitter, shared by retrying actors.
 //! - [`pump`]: the batch-draining loop shared by the outbox relay and the mailer.

@@ -204,3 +204,30 @@ pub trait MailTransport: Send + Sync + 'static {
     /// Hands the mail to the transport.
     async fn send(&self, job: &MailJob) -> Result<(), MailError>;
 }
+
+/// Registry mirror errors; all transient.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// The mirror backend could not be reached or failed.
+    #[error("registry mirror unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The cluster-wide copy of which node holds which user's sockets (Redis in
+/// production), so a push can be routed to the node that holds the socket and
+/// operators can see every connection. Entries carry a TTL refreshed by heartbeats: a
+/// node that dies leaves nothing behind for longer than that.
+#[async_trait]
+pub trait RegistryMirror: Send + Sync + 'static {
+    /// Records that `socket` of `user` is open on this node.
+    async fn add(&self, user: UserId, socket: &str) -> Result<(), MirrorError>;
+
+    /// Records that `socket` of `user` closed.
+    async fn remove(&self, user: UserId, socket: &str) -> Result<(), MirrorError>;
+
+    /// Heartbeat: keeps this node's liveness key and all of `sockets` alive.
+    async fn refresh(&self, sockets: &[(UserId, String)]) -> Result<(), MirrorError>;
+
+    /// The nodes that hold live sockets of `user`.
+    async fn nodes_of(&self, user: UserId) -> Result<Vec<String>, MirrorError>;
+}

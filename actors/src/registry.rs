@@ -13,6 +13,7 @@ use crate::health::{ActorStats, ActorStatus};
 use crate::messages::{
     Broadcast, CloseSession, Connect, CountSessions, Deliver, Disconnect, Push, SessionId,
 };
+use crate::ports::RegistryMirror;
 
 /// How often the registry reports its heartbeat and session count.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -29,21 +30,117 @@ struct SessionHandle {
     close: Recipient<CloseSession>,
 }
 
+/// Where the registry mirrors its sessions for the rest of the cluster.
+pub struct Mirroring {
+    /// The mirror (Redis in production).
+    pub mirror: Arc<dyn RegistryMirror>,
+    /// This node's id, the prefix of its socket ids.
+    pub node: String,
+    /// How often entries are refreshed; a third of their TTL.
+    pub refresh_interval: Duration,
+}
+
 /// The user → sessions map of this node.
 pub struct Registry {
     users: HashMap<UserId, Vec<SessionHandle>>,
     sessions: usize,
     stats: Arc<ActorStats>,
+    mirroring: Option<Mirroring>,
+    mirror_queue: Option<tokio::sync::mpsc::Sender<MirrorUpdate>>,
 }
 
+/// A change to apply to the mirror.
+enum MirrorUpdate {
+    Add(UserId, SessionId),
+    Remove(UserId, SessionId),
+    Refresh(Vec<(UserId, String)>),
+}
+
+/// Mirror updates that may wait for Redis before new ones are dropped.
+const MIRROR_QUEUE: usize = 65_536;
+
 impl Registry {
-    /// An empty registry reporting to `stats`.
+    /// An empty registry reporting to `stats`, local only.
     pub fn new(stats: Arc<ActorStats>) -> Self {
+        Self::mirrored(stats, None)
+    }
+
+    /// An empty registry that also keeps `mirroring`'s mirror up to date.
+    pub fn mirrored(stats: Arc<ActorStats>, mirroring: Option<Mirroring>) -> Self {
         Self {
             users: HashMap::new(),
             sessions: 0,
             stats,
+            mirroring,
+            mirror_queue: None,
         }
+    }
+
+    /// The cluster-wide id of a session of this node.
+    fn socket_id(node: &str, session: SessionId) -> String {
+        format!("{node}-{session}")
+    }
+
+    /// Queues one mirror update. Updates are applied in order by one background task
+    /// (an add must never overtake the remove that follows it) and never hold up local
+    /// delivery; when Redis falls behind, updates are dropped and the next refresh or
+    /// the TTL repairs the mirror.
+    fn mirror(&mut self, update: MirrorUpdate) {
+        if let Some(queue) = &self.mirror_queue {
+            if queue.try_send(update).is_err() {
+                warn!("registry mirror queue full; update dropped");
+                self.stats.set_status(ActorStatus::Degraded);
+            }
+        }
+    }
+
+    /// Starts the task that applies mirror updates in order.
+    fn start_mirror_task(&mut self, ctx: &mut Context<Self>) {
+        let Some(mirroring) = &self.mirroring else {
+            return;
+        };
+        let (queue, mut updates) = tokio::sync::mpsc::channel::<MirrorUpdate>(MIRROR_QUEUE);
+        self.mirror_queue = Some(queue);
+        let (mirror, node) = (Arc::clone(&mirroring.mirror), mirroring.node.clone());
+        let stats = Arc::clone(&self.stats);
+        ctx.spawn(
+            async move {
+                while let Some(update) = updates.recv().await {
+                    let result = match update {
+                        MirrorUpdate::Add(user, session) => {
+                            mirror.add(user, &Self::socket_id(&node, session)).await
+                        }
+                        MirrorUpdate::Remove(user, session) => {
+                            mirror.remove(user, &Self::socket_id(&node, session)).await
+                        }
+                        MirrorUpdate::Refresh(sockets) => mirror.refresh(&sockets).await,
+                    };
+                    match result {
+                        Ok(()) if stats.status() == ActorStatus::Degraded => {
+                            stats.set_status(ActorStatus::Running)
+                        }
+                        Ok(()) => {}
+                        Err(err) => {
+                            warn!(error = %err, "registry mirror update failed");
+                            stats.set_status(ActorStatus::Degraded);
+                        }
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn refresh_mirror(&mut self, _: &mut Context<Self>) {
+        let Some(node) = self.mirroring.as_ref().map(|m| m.node.clone()) else {
+            return;
+        };
+        let sockets: Vec<(UserId, String)> = self
+            .users
+            .iter()
+            .flat_map(|(user, list)| list.iter().map(|s| (*user, Self::socket_id(&node, s.id))))
+            .collect();
+        self.mirror(MirrorUpdate::Refresh(sockets));
     }
 
     /// Queues `push` for one session and says whether to keep its handle. A full
@@ -102,6 +199,11 @@ impl Actor for Registry {
         self.stats.set_status(ActorStatus::Running);
         self.stats.heartbeat();
         ctx.run_interval(SWEEP_INTERVAL, |act, _| act.sweep());
+        self.start_mirror_task(ctx);
+        if let Some(interval) = self.mirroring.as_ref().map(|m| m.refresh_interval) {
+            self.refresh_mirror(ctx);
+            ctx.run_interval(interval, Self::refresh_mirror);
+        }
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, _| {
             act.stats.heartbeat();
             act.stats.set_detail("sessions", act.sessions);
@@ -121,6 +223,7 @@ impl Supervised for Registry {
         // to a dead session survives.
         self.users.clear();
         self.sessions = 0;
+        self.mirror_queue = None;
     }
 }
 
@@ -137,6 +240,7 @@ impl Handler<Connect> for Registry {
                 close: msg.close,
             });
         self.sessions += 1;
+        self.mirror(MirrorUpdate::Add(msg.user_id, msg.session_id));
     }
 }
 
@@ -152,6 +256,7 @@ impl Handler<Disconnect> for Registry {
                 self.users.remove(&msg.user_id);
             }
         }
+        self.mirror(MirrorUpdate::Remove(msg.user_id, msg.session_id));
     }
 }
 

@@ -126,6 +126,16 @@ impl WsSession {
         }
     }
 
+    /// Tells the registry this session is gone (once).
+    fn leave_registry(&mut self) {
+        if let (true, Some(user_id)) = (std::mem::take(&mut self.registered), self.user_id()) {
+            self.registry.do_send(Disconnect {
+                user_id,
+                session_id: self.id,
+            });
+        }
+    }
+
     fn user_id(&self) -> Option<UserId> {
         match self.admission {
             Admission::Accepted { user_id, .. } => Some(user_id),
@@ -337,6 +347,10 @@ impl Actor for WsSession {
             })
             .wait(ctx);
     }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.leave_registry();
+    }
 }
 
 /// Leaving the registry happens on drop, not in `stopped`: when a client vanishes
@@ -344,12 +358,7 @@ impl Actor for WsSession {
 /// would be a zombie entry.
 impl Drop for WsSession {
     fn drop(&mut self) {
-        if let (true, Some(user_id)) = (self.registered, self.user_id()) {
-            self.registry.do_send(Disconnect {
-                user_id,
-                session_id: self.id,
-            });
-        }
+        self.leave_registry();
     }
 }
 
@@ -380,6 +389,12 @@ impl Handler<CloseSession> for WsSession {
 }
 
 impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
+    /// The client went away (TCP closed without a close frame): stop now rather than
+    /// when the last address to this session is dropped.
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+
     fn handle(&mut self, item: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
         self.last_seen = Instant::now();
         match item {

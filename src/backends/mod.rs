@@ -2,4 +2,5 @@
 
 pub mod bus;
 pub mod mail;
+pub mod registry;
 pub mod store;

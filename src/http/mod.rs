@@ -47,6 +47,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// How long a request body may take to arrive.
     pub body_timeout: std::time::Duration,
+    /// The Redis registry mirror, when configured (checked by `/readyz`).
+    pub redis: Option<Arc<crate::backends::registry::redis::RedisMirror>>,
 }
 
 /// Mounts every route.

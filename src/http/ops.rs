@@ -27,6 +27,11 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if let Err(err) = state.store.ping().await {
         reasons.push(format!("store: {err}"));
     }
+    if let Some(redis) = &state.redis {
+        if let Err(err) = redis.ping().await {
+            reasons.push(format!("redis: {err}"));
+        }
+    }
     if reasons.is_empty() {
         HttpResponse::Ok().json(json!({ "status": "ready" }))
     } else {

@@ -12,6 +12,7 @@ mod cli;
 mod hardening;
 mod helpers;
 mod mail;
+mod redis;
 mod restart;
 mod resume;
 mod smtp_sink;

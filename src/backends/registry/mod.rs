@@ -1,0 +1,3 @@
+//! Registry mirror adapters.
+
+pub mod redis;
