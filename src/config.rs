@@ -54,6 +54,93 @@ pub struct Settings {
     pub log: LogSettings,
     /// Redis, for the cluster-wide registry mirror.
     pub redis: RedisSettings,
+    /// PostgreSQL store (production).
+    pub postgres: PostgresSettings,
+    /// Kafka bus (production).
+    pub kafka: KafkaSettings,
+    /// SMTP relay (production).
+    pub smtp: SmtpSettings,
+}
+
+/// `[postgres]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresSettings {
+    /// `postgres://user:password@host:port/database`.
+    pub url: Option<SecretString>,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Apply pending migrations when the node starts (else run `herald migrate`).
+    pub migrate_on_start: bool,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            pool_size: 16,
+            migrate_on_start: true,
+        }
+    }
+}
+
+/// `[kafka]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port…]`.
+    pub brokers: Option<String>,
+    /// Create missing topics at start-up.
+    pub create_topics: bool,
+    /// Partitions of topics created at start-up.
+    pub partitions: i32,
+    /// Replication factor of topics created at start-up.
+    pub replication_factor: i32,
+    /// Producer batching delay (`linger.ms`).
+    pub linger_ms: u32,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            create_topics: true,
+            partitions: 6,
+            replication_factor: 1,
+            linger_ms: 1,
+        }
+    }
+}
+
+/// `[smtp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpSettings {
+    /// Relay host.
+    pub host: Option<String>,
+    /// Relay port.
+    pub port: u16,
+    /// `none`, `starttls` or `tls`.
+    pub tls: crate::backends::mail::smtp::TlsMode,
+    /// Login, when the relay needs one.
+    pub username: Option<String>,
+    /// Password for `username`.
+    pub password: Option<SecretString>,
+    /// Timeout of each SMTP command, seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for SmtpSettings {
+    fn default() -> Self {
+        Self {
+            host: None,
+            port: 587,
+            tls: crate::backends::mail::smtp::TlsMode::Starttls,
+            username: None,
+            password: None,
+            timeout_secs: 10,
+        }
+    }
 }
 
 /// `[redis]`.
@@ -280,6 +367,24 @@ impl Settings {
         }
         if self.websocket.outbound_queue == 0 || self.websocket.max_frame_bytes < 128 {
             return bad("websocket.outbound_queue must be positive and websocket.max_frame_bytes at least 128");
+        }
+        if self.mode == Mode::Production {
+            let missing: Vec<&str> = [
+                ("auth.jwt_secret", self.auth.jwt_secret.is_none()),
+                ("postgres.url", self.postgres.url.is_none()),
+                ("kafka.brokers", self.kafka.brokers.is_none()),
+                ("redis.url", self.redis.url.is_none()),
+                ("smtp.host", self.smtp.host.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(key, absent)| absent.then_some(key))
+            .collect();
+            if !missing.is_empty() {
+                return Err(ConfigError::Value(format!(
+                    "production mode needs {} (set them in the config file or as HERALD__SECTION__KEY)",
+                    missing.join(", ")
+                )));
+            }
         }
         if self.redis.ttl_secs < 3 {
             return bad("redis.ttl_secs must be at least 3");

@@ -69,14 +69,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped().await.context("while serving")
         }
         Command::Migrate(_) => {
-            if settings.mode == config::Mode::Production {
-                anyhow::bail!("production mode migrations are not available in this build yet");
+            match settings.mode {
+                config::Mode::Embedded => {
+                    startup::open_embedded_db(&settings.server.data_dir)?;
+                    println!(
+                        "schema up to date in {}",
+                        settings.server.data_dir.display()
+                    );
+                }
+                config::Mode::Production => {
+                    let mut settings = settings;
+                    settings.postgres.migrate_on_start = true;
+                    startup::open_postgres(&settings).await?;
+                    println!("postgres schema up to date");
+                }
             }
-            startup::open_embedded_db(&settings.server.data_dir)?;
-            println!(
-                "schema up to date in {}",
-                settings.server.data_dir.display()
-            );
             Ok(())
         }
         Command::Token(args) => {

@@ -12,7 +12,8 @@ use actix_web::dev::Server;
 use actix_web::middleware::ErrorHandlers;
 use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context};
-use secrecy::SecretString;
+use lettre::message::Mailbox;
+use secrecy::{ExposeSecret, SecretString};
 use tracing::info;
 
 use herald_actors::backoff::Backoff;
@@ -29,9 +30,12 @@ use herald_actors::welcome::UserCreatedHandler;
 use herald_actors::writer::NotificationWriter;
 
 use crate::auth::jwt::{self, TokenService};
+use crate::backends::bus::kafka::{KafkaBus, KafkaSettings};
 use crate::backends::bus::sqlite::SqliteBus;
 use crate::backends::mail::file::FileMailTransport;
+use crate::backends::mail::smtp::{SmtpMailTransport, SmtpSettings};
 use crate::backends::registry::redis::RedisMirror;
+use crate::backends::store::postgres::{self, PostgresStore};
 use crate::backends::store::sqlite::{SqliteDb, SqliteStore};
 use crate::config::{Mode, Settings};
 use crate::http::problem::{normalize_error, ApiError};
@@ -94,6 +98,109 @@ pub fn token_secret(settings: &Settings) -> anyhow::Result<SecretString> {
     }
 }
 
+/// The adapters a node runs on, chosen by `mode`.
+struct Backends {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    transport: Arc<dyn MailTransport>,
+    /// The consumer group that pushes notifications to this node's sessions.
+    delivery_group: String,
+    /// The Kafka bus, for readiness checks (production only).
+    kafka: Option<Arc<KafkaBus>>,
+}
+
+impl Backends {
+    async fn open(settings: &Settings, node_id: &str) -> anyhow::Result<Self> {
+        let from: Mailbox = settings
+            .mail
+            .from
+            .parse()
+            .context("while parsing mail.from")?;
+        match settings.mode {
+            Mode::Embedded => {
+                let data_dir = &settings.server.data_dir;
+                let db = Arc::new(open_embedded_db(data_dir)?);
+                Ok(Self {
+                    store: Arc::new(SqliteStore::new(Arc::clone(&db))),
+                    bus: Arc::new(SqliteBus::new(db, &[DELIVERY_GROUP])),
+                    transport: Arc::new(
+                        FileMailTransport::new(&data_dir.join(MAIL_DIR), from)
+                            .context("while creating the mail directory")?,
+                    ),
+                    delivery_group: DELIVERY_GROUP.to_owned(),
+                    kafka: None,
+                })
+            }
+            Mode::Production => {
+                let store = open_postgres(settings).await?;
+                // Every node pushes to its own sessions, so every node needs every
+                // notification: one delivery group per node.
+                let delivery_group = format!("{DELIVERY_GROUP}-{node_id}");
+                let kafka = Arc::new(
+                    KafkaBus::new(
+                        KafkaSettings {
+                            brokers: settings.kafka.brokers.clone().unwrap_or_default(),
+                            partitions: settings.kafka.partitions,
+                            replication_factor: settings.kafka.replication_factor,
+                            linger_ms: settings.kafka.linger_ms,
+                        },
+                        &[delivery_group.as_str()],
+                    )
+                    .context("while configuring kafka")?,
+                );
+                if settings.kafka.create_topics {
+                    kafka
+                        .create_topics()
+                        .await
+                        .context("while creating kafka topics")?;
+                }
+                let smtp = &settings.smtp;
+                let transport = SmtpMailTransport::new(
+                    &SmtpSettings {
+                        host: smtp.host.clone().unwrap_or_default(),
+                        port: smtp.port,
+                        tls: smtp.tls,
+                        username: smtp.username.clone(),
+                        password: smtp.password.clone(),
+                        timeout: Duration::from_secs(smtp.timeout_secs),
+                    },
+                    from,
+                )
+                .context("while configuring smtp")?;
+                Ok(Self {
+                    store: Arc::new(store),
+                    bus: Arc::clone(&kafka) as Arc<dyn Bus>,
+                    transport: Arc::new(transport),
+                    delivery_group,
+                    kafka: Some(kafka),
+                })
+            }
+        }
+    }
+}
+
+/// Opens the PostgreSQL store, migrating it when configured to.
+///
+/// # Errors
+/// When PostgreSQL is unreachable or a migration fails.
+pub async fn open_postgres(settings: &Settings) -> anyhow::Result<PostgresStore> {
+    let url = settings
+        .postgres
+        .url
+        .as_ref()
+        .context("postgres.url is not set")?;
+    let pool = postgres::pool(url.expose_secret(), settings.postgres.pool_size)?;
+    if settings.postgres.migrate_on_start {
+        let applied = postgres::migrate(&pool)
+            .await
+            .context("while migrating postgres")?;
+        if applied > 0 {
+            info!(applied, "postgres migrations applied");
+        }
+    }
+    Ok(PostgresStore::new(pool))
+}
+
 impl Application {
     /// Builds and starts a node; the HTTP server runs once [`Self::run_until_stopped`]
     /// is awaited. Must be called inside an actix system.
@@ -102,23 +209,7 @@ impl Application {
     /// Bad configuration, an unreachable backend, or a port that cannot be bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let tokens = TokenService::new(&token_secret(&settings)?)?;
-        if settings.mode == Mode::Production {
-            bail!("production mode (PostgreSQL, Kafka, Redis, SMTP) is not available in this build yet; use mode = \"embedded\"");
-        }
         let data_dir = settings.server.data_dir.clone();
-        let db = Arc::new(open_embedded_db(&data_dir)?);
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::new(Arc::clone(&db)));
-        let bus: Arc<dyn Bus> = Arc::new(SqliteBus::new(Arc::clone(&db), &[DELIVERY_GROUP]));
-        let from = settings
-            .mail
-            .from
-            .parse()
-            .context("while parsing mail.from")?;
-        let transport: Arc<dyn MailTransport> = Arc::new(
-            FileMailTransport::new(&data_dir.join(MAIL_DIR), from)
-                .context("while creating the mail directory")?,
-        );
-
         let node_id = settings
             .server
             .node_id
@@ -135,6 +226,14 @@ impl Application {
             )),
             None => None,
         };
+
+        let backends = Backends::open(&settings, &node_id).await?;
+        let (store, bus, transport) = (
+            Arc::clone(&backends.store),
+            Arc::clone(&backends.bus),
+            Arc::clone(&backends.transport),
+        );
+        let delivery_group = backends.delivery_group.clone();
 
         let board = HealthBoard::new();
         let registry = {
@@ -185,7 +284,7 @@ impl Application {
             ),
             (
                 Topic::Notifications,
-                DELIVERY_GROUP,
+                delivery_group.as_str(),
                 Arc::new(DeliveryHandler::new(registry.clone())),
             ),
         ];
@@ -213,6 +312,7 @@ impl Application {
             max_body_bytes: settings.server.max_body_bytes,
             body_timeout: Duration::from_secs(settings.server.body_timeout_secs),
             redis,
+            kafka: backends.kafka,
         });
 
         let listener = TcpListener::bind(&settings.server.bind)

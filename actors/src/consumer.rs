@@ -53,6 +53,7 @@ pub struct ConsumerConfig {
 #[derive(Serialize)]
 struct DeadLetter<'a> {
     topic: &'a str,
+    partition: i32,
     offset: i64,
     key: &'a str,
     error: String,
@@ -119,6 +120,7 @@ async fn handle_one(
     error!(error = %failure, "message dead-lettered");
     let letter = DeadLetter {
         topic: message.topic.as_str(),
+        partition: message.partition,
         offset: message.offset,
         key: &message.key,
         error: failure.to_string(),

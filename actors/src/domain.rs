@@ -321,7 +321,9 @@ impl fmt::Display for Topic {
 pub struct BusMessage {
     /// Topic it was read from.
     pub topic: Topic,
-    /// Position in the topic (or partition); committed once handled.
+    /// Partition it was read from (always 0 on the embedded bus).
+    pub partition: i32,
+    /// Position in the partition; committed once handled.
     pub offset: i64,
     /// Partitioning key: the user id, or empty for broadcasts.
     pub key: String,

@@ -108,6 +108,7 @@ impl TopicHandler for ScriptedHandler {
 fn message(offset: i64, body: &str) -> BusMessage {
     BusMessage {
         topic: Topic::Notifications,
+        partition: 0,
         offset,
         key: "k".into(),
         payload: Bytes::from(format!("\"{body}\"")),

@@ -49,6 +49,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// The Redis registry mirror, when configured (checked by `/readyz`).
     pub redis: Option<Arc<crate::backends::registry::redis::RedisMirror>>,
+    /// The Kafka bus in production mode (checked by `/readyz`).
+    pub kafka: Option<Arc<crate::backends::bus::kafka::KafkaBus>>,
 }
 
 /// Mounts every route.

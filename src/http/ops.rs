@@ -27,6 +27,11 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if let Err(err) = state.store.ping().await {
         reasons.push(format!("store: {err}"));
     }
+    if let Some(kafka) = &state.kafka {
+        if let Err(err) = kafka.ping().await {
+            reasons.push(format!("kafka: {err}"));
+        }
+    }
     if let Some(redis) = &state.redis {
         if let Err(err) = redis.ping().await {
             reasons.push(format!("redis: {err}"));

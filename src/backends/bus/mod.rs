@@ -1,3 +1,4 @@
 //! Bus adapters.
 
+pub mod kafka;
 pub mod sqlite;

@@ -181,6 +181,7 @@ impl SqliteSubscription {
                         let payload: Vec<u8> = r.get(2)?;
                         Ok(BusMessage {
                             topic,
+                            partition: 0,
                             offset: r.get(0)?,
                             key: r.get(1)?,
                             payload: Bytes::from(payload),

@@ -1,0 +1,315 @@
+//! The production bus: Kafka through rdkafka.
+//!
+//! Producer: idempotent (`enable.idempotence=true`, `acks=all`), keyed by user id so one
+//! user's messages keep their order in one partition; `publish` returns once the
+//! brokers acknowledged. Consumers: one consumer group per role, offsets stored only
+//! after the handler finished (`enable.auto.offset.store=false`) and committed in the
+//! background — at-least-once, in order per partition. Rebalances are logged; storing
+//! an offset for a partition that was just revoked is expected and not an error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientContext, Message, TopicPartitionList};
+use tracing::{info, warn};
+
+use herald_actors::domain::{BusMessage, Topic};
+use herald_actors::ports::{Bus, BusError, Subscription};
+
+/// How long a publish may wait in the producer queue before it fails.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn unavailable(err: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(err.to_string())
+}
+
+/// Kafka connection settings.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Partitions of topics created at start-up.
+    pub partitions: i32,
+    /// Replication factor of topics created at start-up.
+    pub replication_factor: i32,
+    /// Producer `linger.ms`: batching against latency.
+    pub linger_ms: u32,
+}
+
+/// The Kafka bus.
+pub struct KafkaBus {
+    settings: KafkaSettings,
+    producer: FutureProducer,
+    /// Groups that start at the end of their topic the first time (auto.offset.reset).
+    latest_groups: Vec<String>,
+}
+
+impl KafkaBus {
+    /// A bus on `settings.brokers`. Groups in `latest_groups` start at the end of
+    /// their topic when they have no committed offset; others at the beginning.
+    ///
+    /// # Errors
+    /// When the producer cannot be configured.
+    pub fn new(settings: KafkaSettings, latest_groups: &[&str]) -> Result<Self, BusError> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", settings.linger_ms.to_string())
+            .set(
+                "message.timeout.ms",
+                PUBLISH_TIMEOUT.as_millis().to_string(),
+            )
+            .create()
+            .map_err(unavailable)?;
+        Ok(Self {
+            settings,
+            producer,
+            latest_groups: latest_groups.iter().map(|g| (*g).to_owned()).collect(),
+        })
+    }
+
+    /// Creates every topic of DESIGN §5 that does not exist yet.
+    ///
+    /// # Errors
+    /// When the brokers cannot be reached or refuse for another reason.
+    pub async fn create_topics(&self) -> Result<(), BusError> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.brokers)
+            .create()
+            .map_err(unavailable)?;
+        let topics: Vec<NewTopic<'_>> = Topic::ALL
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t.as_str(),
+                    self.settings.partitions,
+                    TopicReplication::Fixed(self.settings.replication_factor),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin
+            .create_topics(&topics, &options)
+            .await
+            .map_err(unavailable)?
+        {
+            match result {
+                Ok(topic) => info!(%topic, "kafka topic created"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(unavailable(format!("creating topic {topic}: {code}")))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the brokers answer (metadata request).
+    ///
+    /// # Errors
+    /// When they do not.
+    pub async fn ping(&self) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(3))
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    /// Publishes with headers (used for dead letters, which carry their error).
+    async fn send(
+        &self,
+        topic: Topic,
+        key: &str,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), BusError> {
+        let mut record = FutureRecord::to(topic.as_str()).key(key).payload(payload);
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        self.producer
+            .send(record, PUBLISH_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|(err, _)| unavailable(err))
+    }
+}
+
+#[async_trait]
+impl Bus for KafkaBus {
+    async fn publish(&self, topic: Topic, key: &str, payload: Bytes) -> Result<(), BusError> {
+        let headers = match topic {
+            Topic::EmailDlq | Topic::NotificationsDlq => dead_letter_headers(&payload),
+            _ => None,
+        };
+        self.send(topic, key, &payload, headers).await
+    }
+
+    async fn subscribe(
+        &self,
+        topic: Topic,
+        group: &str,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let reset = if self.latest_groups.iter().any(|g| g == group) {
+            "latest"
+        } else {
+            "earliest"
+        };
+        let consumer: StreamConsumer<RebalanceLogger> = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", reset)
+            .set("session.timeout.ms", "10000")
+            .create_with_context(RebalanceLogger {
+                group: group.to_owned(),
+            })
+            .map_err(unavailable)?;
+        consumer.subscribe(&[topic.as_str()]).map_err(unavailable)?;
+        Ok(Box::new(KafkaSubscription {
+            consumer: Arc::new(consumer),
+            topic,
+        }))
+    }
+}
+
+/// Dead letters carry their error in Kafka headers too, so tools can filter on it
+/// without parsing the body.
+fn dead_letter_headers(payload: &[u8]) -> Option<OwnedHeaders> {
+    let letter: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let mut headers = OwnedHeaders::new();
+    for name in ["error", "topic", "partition", "offset"] {
+        if let Some(value) = letter.get(name) {
+            let text = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            headers = headers.insert(Header {
+                key: &format!("herald.{name}"),
+                value: Some(text.as_bytes()),
+            });
+        }
+    }
+    Some(headers)
+}
+
+/// Logs partition assignments and revocations.
+struct RebalanceLogger {
+    group: String,
+}
+
+impl ClientContext for RebalanceLogger {}
+
+impl ConsumerContext for RebalanceLogger {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                info!(group = %self.group, partitions = partitions.count(), "kafka partitions assigned")
+            }
+            Rebalance::Revoke(partitions) => {
+                info!(group = %self.group, partitions = partitions.count(), "kafka partitions revoked")
+            }
+            Rebalance::Error(err) => {
+                warn!(group = %self.group, error = %err, "kafka rebalance failed")
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _: &TopicPartitionList) {
+        if let Err(err) = result {
+            if !matches!(err, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
+                warn!(group = %self.group, error = %err, "kafka offset commit failed");
+            }
+        }
+    }
+}
+
+/// One group's consumer on one topic.
+struct KafkaSubscription {
+    consumer: Arc<StreamConsumer<RebalanceLogger>>,
+    topic: Topic,
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn next(&mut self) -> Result<BusMessage, BusError> {
+        loop {
+            let message = self.consumer.recv().await.map_err(unavailable)?;
+            let Some(payload) = message.payload() else {
+                // A tombstone or empty record carries nothing to handle: skip it, but
+                // remember it was seen.
+                let _ = self.consumer.store_offset_from_message(&message);
+                continue;
+            };
+            return Ok(BusMessage {
+                topic: self.topic,
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default(),
+                payload: Bytes::copy_from_slice(payload),
+            });
+        }
+    }
+
+    async fn commit(&mut self, message: &BusMessage) -> Result<(), BusError> {
+        match self
+            .consumer
+            .store_offset(message.topic.as_str(), message.partition, message.offset)
+        {
+            Ok(()) => Ok(()),
+            // The partition was revoked while the message was handled: the new owner
+            // handles it again, which at-least-once allows.
+            Err(KafkaError::StoreOffset(
+                RDKafkaErrorCode::UnknownPartition | RDKafkaErrorCode::State,
+            )) => {
+                warn!(topic = %message.topic, partition = message.partition, "offset for a revoked partition not stored");
+                Ok(())
+            }
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
+    async fn lag(&mut self) -> Option<u64> {
+        let consumer = Arc::clone(&self.consumer);
+        tokio::task::spawn_blocking(move || {
+            let assignment = consumer.assignment().ok()?;
+            let positions = consumer.position().ok()?;
+            let mut lag = 0u64;
+            for element in assignment.elements() {
+                let (_, high) = consumer
+                    .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(1))
+                    .ok()?;
+                let position = positions
+                    .find_partition(element.topic(), element.partition())
+                    .and_then(|p| p.offset().to_raw())
+                    .filter(|o| *o >= 0)
+                    .unwrap_or(high);
+                lag += (high - position).max(0) as u64;
+            }
+            Some(lag)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
