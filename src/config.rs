@@ -98,6 +98,8 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// Producer batching delay (`linger.ms`).
     pub linger_ms: u32,
+    /// Prepended to every topic name (several deployments on one cluster).
+    pub topic_prefix: String,
 }
 
 impl Default for KafkaSettings {
@@ -108,6 +110,7 @@ impl Default for KafkaSettings {
             partitions: 6,
             replication_factor: 1,
             linger_ms: 1,
+            topic_prefix: String::new(),
         }
     }
 }

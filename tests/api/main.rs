@@ -12,6 +12,7 @@ mod cli;
 mod hardening;
 mod helpers;
 mod mail;
+mod production;
 mod redis;
 mod restart;
 mod resume;

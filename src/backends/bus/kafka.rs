@@ -43,6 +43,9 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// Producer `linger.ms`: batching against latency.
     pub linger_ms: u32,
+    /// Prepended to every topic name, so several deployments (or test runs) can share
+    /// one cluster.
+    pub topic_prefix: String,
 }
 
 /// The Kafka bus.
@@ -54,6 +57,11 @@ pub struct KafkaBus {
 }
 
 impl KafkaBus {
+    /// The Kafka topic name of `topic`.
+    fn name(&self, topic: Topic) -> String {
+        format!("{}{}", self.settings.topic_prefix, topic.as_str())
+    }
+
     /// A bus on `settings.brokers`. Groups in `latest_groups` start at the end of
     /// their topic when they have no committed offset; others at the beginning.
     ///
@@ -87,11 +95,12 @@ impl KafkaBus {
             .set("bootstrap.servers", &self.settings.brokers)
             .create()
             .map_err(unavailable)?;
-        let topics: Vec<NewTopic<'_>> = Topic::ALL
+        let names: Vec<String> = Topic::ALL.iter().map(|t| self.name(*t)).collect();
+        let topics: Vec<NewTopic<'_>> = names
             .iter()
-            .map(|t| {
+            .map(|name| {
                 NewTopic::new(
-                    t.as_str(),
+                    name,
                     self.settings.partitions,
                     TopicReplication::Fixed(self.settings.replication_factor),
                 )
@@ -139,7 +148,8 @@ impl KafkaBus {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<(), BusError> {
-        let mut record = FutureRecord::to(topic.as_str()).key(key).payload(payload);
+        let name = self.name(topic);
+        let mut record = FutureRecord::to(&name).key(key).payload(payload);
         if let Some(headers) = headers {
             record = record.headers(headers);
         }
@@ -183,10 +193,12 @@ impl Bus for KafkaBus {
                 group: group.to_owned(),
             })
             .map_err(unavailable)?;
-        consumer.subscribe(&[topic.as_str()]).map_err(unavailable)?;
+        let name = self.name(topic);
+        consumer.subscribe(&[&name]).map_err(unavailable)?;
         Ok(Box::new(KafkaSubscription {
             consumer: Arc::new(consumer),
             topic,
+            name,
         }))
     }
 }
@@ -245,6 +257,8 @@ impl ConsumerContext for RebalanceLogger {
 struct KafkaSubscription {
     consumer: Arc<StreamConsumer<RebalanceLogger>>,
     topic: Topic,
+    /// The topic's Kafka name (with the prefix).
+    name: String,
 }
 
 #[async_trait]
@@ -274,7 +288,7 @@ impl Subscription for KafkaSubscription {
     async fn commit(&mut self, message: &BusMessage) -> Result<(), BusError> {
         match self
             .consumer
-            .store_offset(message.topic.as_str(), message.partition, message.offset)
+            .store_offset(&self.name, message.partition, message.offset)
         {
             Ok(()) => Ok(()),
             // The partition was revoked while the message was handled: the new owner
