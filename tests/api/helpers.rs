@@ -30,6 +30,8 @@ pub struct TestApp {
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
     pub tokens: TokenService,
+    /// The services a production-mode node runs on (`None` in embedded mode).
+    pub backdrop: Option<std::sync::Arc<Backdrop>>,
 }
 
 /// An HTTP reply, fully read.
@@ -57,13 +59,39 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Starts a node in the mode the suite runs in (`HERALD_TEST_MODE`, see
+/// [`production`]), after `tweak` adjusted its settings.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    if production() {
+        spawn_production_app_with(tweak).await
+    } else {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = test_settings(dir.path());
+        tweak(&mut settings);
+        let mut app = start(settings).await;
+        app._dir = Some(dir);
+        app
+    }
+}
+
+/// Starts a production-mode node (PostgreSQL, Kafka, Redis, SMTP) whatever the suite's
+/// mode, and waits until pushes flow.
+pub async fn spawn_production_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
+    let backdrop = std::sync::Arc::new(Backdrop::create().await);
     let mut settings = test_settings(dir.path());
+    backdrop.apply(&mut settings);
     tweak(&mut settings);
     let mut app = start(settings).await;
     app._dir = Some(dir);
+    app.backdrop = Some(backdrop);
+    app.wait_for_delivery().await;
     app
+}
+
+/// Whether the suite runs against the production backends: `HERALD_TEST_MODE=production`.
+pub fn production() -> bool {
+    std::env::var("HERALD_TEST_MODE").is_ok_and(|m| m == "production")
 }
 
 /// Starts a node with exactly these settings (the caller owns the data dir).
@@ -78,6 +106,7 @@ pub async fn start(settings: Settings) -> TestApp {
         data_dir,
         _dir: None,
         tokens: test_tokens(),
+        backdrop: None,
     }
 }
 
@@ -291,8 +320,162 @@ impl TestApp {
     }
 
     /// The `.eml` files under the data dir's mail folder.
-    pub fn mail_files(&self) -> Vec<PathBuf> {
-        mail_files(&self.data_dir)
+    /// The full text of every email the node sent: `.eml` files in embedded mode,
+    /// what the SMTP listener accepted in production mode.
+    pub fn mails(&self) -> Vec<String> {
+        match &self.backdrop {
+            Some(backdrop) => backdrop
+                .sink
+                .messages()
+                .into_iter()
+                .map(|m| m.data)
+                .collect(),
+            None => mail_files(&self.data_dir)
+                .iter()
+                .map(|p| std::fs::read_to_string(p).expect("mail file"))
+                .collect(),
+        }
+    }
+
+    /// The node's store, opened beside it (to act as a concurrent request would).
+    pub async fn store(&self) -> std::sync::Arc<dyn herald_actors::ports::Store> {
+        match &self.backdrop {
+            Some(backdrop) => backdrop.db.store().await,
+            None => {
+                let db = herald::backends::store::sqlite::SqliteDb::open(
+                    &self.data_dir.join("herald.db"),
+                )
+                .expect("db");
+                std::sync::Arc::new(herald::backends::store::sqlite::SqliteStore::new(
+                    std::sync::Arc::new(db),
+                ))
+            }
+        }
+    }
+
+    /// Kafka assigns partitions a moment after a consumer joins, and a node's delivery
+    /// group starts at the end of the topic: publish until a push gets through.
+    pub async fn wait_for_delivery(&self) {
+        let publisher = self.publisher_token();
+        let user = UserId::new();
+        let token = self.tokens.issue(user, "", 3600).expect("token");
+        let mut ws = self.connect(&format!("token={token}")).await;
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let reply = self
+                .publish(
+                    &publisher,
+                    &json!({ "user_id": user, "event": "warmup", "payload": {} }),
+                    None,
+                )
+                .await;
+            assert_eq!(reply.status, 202, "{:?}", reply.body);
+            if timeout(Duration::from_millis(1500), ws.next_json())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < until, "pushes never started flowing");
+        }
+    }
+}
+
+/// The bus of a node with `data_dir` (embedded) or `backdrop` (production).
+pub fn bus_for(
+    data_dir: &Path,
+    backdrop: Option<&Backdrop>,
+) -> std::sync::Arc<dyn herald_actors::ports::Bus> {
+    match backdrop {
+        Some(backdrop) => std::sync::Arc::new(backdrop.bus()),
+        None => {
+            let db = herald::backends::store::sqlite::SqliteDb::open(&data_dir.join("herald.db"))
+                .expect("db");
+            std::sync::Arc::new(herald::backends::bus::sqlite::SqliteBus::new(
+                std::sync::Arc::new(db),
+                &[],
+            ))
+        }
+    }
+}
+
+/// Where the test Kafka broker listens (`HERALD_TEST_KAFKA_BROKERS`).
+pub fn kafka_brokers() -> String {
+    std::env::var("HERALD_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Where the test Redis listens (`HERALD_TEST_REDIS_URL`).
+pub fn redis_url() -> String {
+    std::env::var("HERALD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// The services one production-mode test runs on: its own PostgreSQL schema, SMTP
+/// listener and Kafka topic prefix (the broker and Redis are shared; keys and topics
+/// are unique per test).
+pub struct Backdrop {
+    pub db: PgTestDb,
+    pub sink: crate::smtp_sink::SmtpSink,
+    pub topic_prefix: String,
+}
+
+impl Backdrop {
+    pub async fn create() -> Self {
+        Self {
+            db: PgTestDb::create().await,
+            sink: crate::smtp_sink::SmtpSink::start().await,
+            topic_prefix: format!("t{}.", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// Points `settings` at these services.
+    pub fn apply(&self, settings: &mut Settings) {
+        settings.mode = herald::config::Mode::Production;
+        settings.postgres.url = Some(self.db.url.clone().into());
+        settings.kafka.brokers = Some(kafka_brokers());
+        settings.kafka.topic_prefix = self.topic_prefix.clone();
+        settings.kafka.partitions = 2;
+        settings.redis.url = Some(redis_url());
+        settings.smtp.host = Some("127.0.0.1".into());
+        settings.smtp.port = self.sink.port;
+        settings.smtp.tls = herald::backends::mail::smtp::TlsMode::None;
+        settings.mail.from = "Herald <herald@example.com>".into();
+    }
+
+    /// The same, as environment variables for the binary.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("HERALD__MODE", "production".to_owned()),
+            ("HERALD__POSTGRES__URL", self.db.url.clone()),
+            ("HERALD__KAFKA__BROKERS", kafka_brokers()),
+            ("HERALD__KAFKA__TOPIC_PREFIX", self.topic_prefix.clone()),
+            ("HERALD__KAFKA__PARTITIONS", "2".to_owned()),
+            ("HERALD__REDIS__URL", redis_url()),
+            ("HERALD__SMTP__HOST", "127.0.0.1".to_owned()),
+            ("HERALD__SMTP__PORT", self.sink.port.to_string()),
+            ("HERALD__SMTP__TLS", "none".to_owned()),
+            (
+                "HERALD__MAIL__FROM",
+                "Herald <herald@example.com>".to_owned(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// A Kafka bus on this test's topics.
+    pub fn bus(&self) -> herald::backends::bus::kafka::KafkaBus {
+        herald::backends::bus::kafka::KafkaBus::new(
+            herald::backends::bus::kafka::KafkaSettings {
+                brokers: kafka_brokers(),
+                partitions: 2,
+                replication_factor: 1,
+                linger_ms: 0,
+                topic_prefix: self.topic_prefix.clone(),
+            },
+            &[],
+        )
+        .expect("kafka bus")
     }
 }
 
@@ -400,6 +583,7 @@ impl TestApp {
             data_dir: data_dir.to_owned(),
             _dir: None,
             tokens: test_tokens(),
+            backdrop: None,
         }
     }
 }
@@ -439,13 +623,22 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts `herald serve` on a free port in `data_dir`, with the test secret.
-    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+    /// Starts `herald serve` with the test secret, on `backdrop`'s services when given
+    /// (production mode), in embedded mode otherwise.
+    pub fn start_on(
+        data_dir: &Path,
+        backdrop: Option<std::sync::Arc<Backdrop>>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = herald_command(data_dir);
-        command
-            .env("HERALD__AUTH__JWT_SECRET", TEST_SECRET)
-            .envs(env.iter().copied());
-        Self::spawn(command, data_dir)
+        command.env("HERALD__AUTH__JWT_SECRET", TEST_SECRET);
+        if let Some(backdrop) = &backdrop {
+            command.envs(backdrop.env());
+        }
+        command.envs(env.iter().copied());
+        let mut node = Self::spawn(command, data_dir);
+        node.app.backdrop = backdrop;
+        node
     }
 
     /// Starts `herald serve` as `command` describes (see [`herald_command`]).

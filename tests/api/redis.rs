@@ -9,11 +9,7 @@ use herald::backends::registry::redis::{node_key, socket_key, user_key, RedisMir
 use herald_actors::domain::UserId;
 use herald_actors::ports::RegistryMirror;
 
-use crate::helpers::{herald_command, spawn_app_with, Node, TestApp};
-
-pub fn redis_url() -> String {
-    std::env::var("HERALD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
-}
+use crate::helpers::{herald_command, redis_url, spawn_app_with, Node, TestApp};
 
 async fn redis() -> redis::aio::MultiplexedConnection {
     let url = redis_url();

@@ -6,12 +6,19 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::json;
 
-use herald::backends::bus::sqlite::SqliteBus;
-use herald::backends::store::sqlite::SqliteDb;
 use herald_actors::domain::{Topic, User, UserCreated};
-use herald_actors::ports::Bus;
 
-use crate::helpers::{Node, TestApp};
+use crate::helpers::{bus_for, production, Backdrop, Node, TestApp};
+
+/// The services of a production-mode run (`None` in embedded mode), shared by the
+/// node before and after the kill.
+async fn backdrop() -> Option<Arc<Backdrop>> {
+    if production() {
+        Some(Arc::new(Backdrop::create().await))
+    } else {
+        None
+    }
+}
 
 async fn welcomes(app: &TestApp, token: &str) -> usize {
     let history = app.history(token, 0, 500).await;
@@ -23,10 +30,15 @@ async fn welcomes(app: &TestApp, token: &str) -> usize {
 #[actix_web::test]
 async fn a_signup_acknowledged_before_a_crash_is_welcomed_once_after_restart() {
     let dir = tempfile::tempdir().unwrap();
+    let backdrop = backdrop().await;
 
     // A node that acknowledges signups but does not relay the outbox: its events are
     // only in the database when it dies.
-    let node = Node::start(dir.path(), &[("HERALD__OUTBOX__RELAY", "false")]);
+    let node = Node::start_on(
+        dir.path(),
+        backdrop.clone(),
+        &[("HERALD__OUTBOX__RELAY", "false")],
+    );
     let signup = node
         .app
         .signup(
@@ -49,24 +61,23 @@ async fn a_signup_acknowledged_before_a_crash_is_welcomed_once_after_restart() {
         0,
         "relay is off: no welcome yet"
     );
-    assert!(node.app.mail_files().is_empty());
+    assert!(node.app.mails().is_empty());
     node.kill();
 
-    let node = Node::start(dir.path(), &[]);
+    let node = Node::start_on(dir.path(), backdrop.clone(), &[]);
     let app = &node.app;
     app.eventually("the welcome notification", || async {
         (welcomes(app, &token).await == 1).then_some(())
     })
     .await;
     app.eventually("the welcome email", || async {
-        (app.mail_files().len() == 1).then_some(())
+        (app.mails().len() == 1).then_some(())
     })
     .await;
 
     // The same event delivered a second time (as after a crash mid-handling) changes
     // nothing: still one welcome, one email.
-    let db = Arc::new(SqliteDb::open(&dir.path().join("herald.db")).unwrap());
-    let bus = SqliteBus::new(db, &[]);
+    let bus = bus_for(dir.path(), backdrop.as_deref());
     let again = UserCreated {
         event_id: uuid::Uuid::new_v4(),
         user: user.clone(),
@@ -89,7 +100,7 @@ async fn a_signup_acknowledged_before_a_crash_is_welcomed_once_after_restart() {
     })
     .await;
     assert_eq!(welcomes(app, &token).await, 1);
-    assert_eq!(app.mail_files().len(), 1);
+    assert_eq!(app.mails().len(), 1);
     // The replayed signup still answers from the stored response.
     let replay = app
         .signup(
@@ -104,7 +115,8 @@ async fn a_signup_acknowledged_before_a_crash_is_welcomed_once_after_restart() {
 #[actix_web::test]
 async fn users_and_history_survive_a_kill() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &[]);
+    let backdrop = backdrop().await;
+    let node = Node::start_on(dir.path(), backdrop.clone(), &[]);
     let user = node.app.create_user("Ada").await;
     let publisher = node.app.publisher_token();
     let mut ids = Vec::new();
@@ -122,7 +134,7 @@ async fn users_and_history_survive_a_kill() {
     }
     node.kill();
 
-    let node = Node::start(dir.path(), &[]);
+    let node = Node::start_on(dir.path(), backdrop.clone(), &[]);
     let login = node.app.login(&user.email, &user.password).await;
     assert_eq!(login.status, 200, "the user survived");
     let token = login.body["token"].as_str().unwrap();

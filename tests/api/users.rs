@@ -5,11 +5,10 @@ use std::sync::Arc;
 use base64::Engine;
 use serde_json::json;
 
-use herald::backends::store::sqlite::{SqliteDb, SqliteStore};
 use herald_actors::domain::UserId;
-use herald_actors::ports::{IdempotencyClaim, Store};
+use herald_actors::ports::IdempotencyClaim;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::spawn_app;
 
 fn ada(email: &str) -> serde_json::Value {
     json!({ "email": email, "name": "Ada", "password": "correct horse battery" })
@@ -41,10 +40,10 @@ async fn replaying_a_signup_returns_the_stored_response_and_creates_nothing_new(
     assert_eq!(first.raw, second.raw);
     // Exactly one welcome email, even though the signup was sent twice.
     app.eventually("the welcome email", || async {
-        (app.mail_files().len() == 1).then_some(())
+        (app.mails().len() == 1).then_some(())
     })
     .await;
-    assert_eq!(app.mail_files().len(), 1);
+    assert_eq!(app.mails().len(), 1);
 }
 
 #[actix_web::test]
@@ -76,17 +75,12 @@ async fn a_signup_without_idempotency_key_is_refused() {
     );
 }
 
-async fn open_store(app: &TestApp) -> SqliteStore {
-    let db = SqliteDb::open(&app.data_dir.join("herald.db")).unwrap();
-    SqliteStore::new(Arc::new(db))
-}
-
 #[actix_web::test]
 async fn a_key_whose_first_request_is_still_running_gets_409() {
     let app = spawn_app().await;
     let body = ada("ada@example.com");
     // Another request holds the key: claim it the way a running request does.
-    let store = open_store(&app).await;
+    let store = app.store().await;
     let fingerprint = herald::http::idempotency::fingerprint(body.to_string().as_bytes());
     let claim = store
         .claim_idempotency_key("signup", "busy", &fingerprint, 60)
