@@ -20,8 +20,16 @@ use herald_actors::domain::UserId;
 
 /// The token secret every test app uses, so tests can mint tokens.
 pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123";
-/// How long any single wait in a test may take before it fails.
-pub const DEADLINE: Duration = Duration::from_secs(10);
+/// How long any single wait in a test may take before it fails. Production mode gets
+/// longer: after a node is killed, Kafka hands its partitions to the new node only when
+/// the dead consumer's session times out (10 s).
+pub fn deadline() -> Duration {
+    if production() {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(10)
+    }
+}
 
 /// A running app on a random port with its own data directory.
 pub struct TestApp {
@@ -115,7 +123,7 @@ pub fn test_tokens() -> TokenService {
 }
 
 pub fn client() -> awc::Client {
-    awc::Client::builder().timeout(DEADLINE).finish()
+    awc::Client::builder().timeout(deadline()).finish()
 }
 
 async fn read(
@@ -303,13 +311,13 @@ impl TestApp {
         WsClient { framed }
     }
 
-    /// Polls `check` until it returns `Some`, or fails after [`DEADLINE`].
+    /// Polls `check` until it returns `Some`, or fails after [`deadline`].
     pub async fn eventually<T, F, Fut>(&self, what: &str, mut check: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let until = Instant::now() + DEADLINE;
+        let until = Instant::now() + deadline();
         loop {
             if let Some(v) = check().await {
                 return v;
@@ -518,9 +526,9 @@ impl WsClient {
             .expect("send binary");
     }
 
-    /// The next text frame, close frame or end of stream, within [`DEADLINE`].
+    /// The next text frame, close frame or end of stream, within [`deadline`].
     pub async fn next(&mut self) -> Incoming {
-        let until = Instant::now() + DEADLINE;
+        let until = Instant::now() + deadline();
         loop {
             let left = until.saturating_duration_since(Instant::now());
             let frame = timeout(left, self.framed.next())
@@ -671,7 +679,7 @@ impl Node {
             }
         });
         let port = rx
-            .recv_timeout(DEADLINE)
+            .recv_timeout(deadline())
             .expect("node reports its port")
             .expect("port parses");
         Self {

@@ -177,13 +177,18 @@ async fn a_targeted_push_reaches_only_its_user_and_a_broadcast_reaches_everyone(
     );
 
     // Bob never saw Ada's order: his history has only his welcome.
-    let history = app.history(&bob.token, 0, 50).await;
-    let events: Vec<_> = history.body["notifications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["event"].clone())
-        .collect();
+    let events = app
+        .eventually("Bob's welcome in his history", || async {
+            let history = app.history(&bob.token, 0, 50).await;
+            let events: Vec<_> = history.body["notifications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["event"].clone())
+                .collect();
+            (!events.is_empty()).then_some(events)
+        })
+        .await;
     assert_eq!(events, vec![json!("welcome")]);
 }
 
@@ -221,7 +226,7 @@ async fn a_client_that_never_answers_pings_is_closed_after_the_idle_timeout() {
     let mut pings = 0;
     // Read raw frames without answering the server's pings.
     let code = loop {
-        let frame = tokio::time::timeout(crate::helpers::DEADLINE, ws.framed.next())
+        let frame = tokio::time::timeout(crate::helpers::deadline(), ws.framed.next())
             .await
             .expect("server closes idle sessions");
         match frame {
@@ -247,7 +252,7 @@ async fn a_client_that_answers_pings_stays_connected_past_the_idle_timeout() {
     // `next` answers pings; wait for three of them, well past the timeout.
     let mut pings = 0;
     while pings < 3 {
-        match tokio::time::timeout(crate::helpers::DEADLINE, ws.framed.next())
+        match tokio::time::timeout(crate::helpers::deadline(), ws.framed.next())
             .await
             .expect("frame")
         {

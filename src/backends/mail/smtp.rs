@@ -55,8 +55,9 @@ pub struct SmtpMailTransport {
 }
 
 impl SmtpMailTransport {
-    /// A transport for `settings`, sending as `from`. Connections are opened on first
-    /// use and pooled.
+    /// A transport for `settings`, sending as `from`. Each send opens its own
+    /// connection: mail is rare next to pushes, and lettre's pool spawns a task when
+    /// dropped, which panics when the runtime is already gone (at shutdown).
     ///
     /// # Errors
     /// When the TLS parameters cannot be built for `host`.
