@@ -60,6 +60,22 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     /// SMTP relay (production).
     pub smtp: SmtpSettings,
+    /// Notification history.
+    pub history: HistorySettings,
+}
+
+/// `[history]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySettings {
+    /// Days a notification stays in history (and can be replayed by `resume`).
+    pub retention_days: u32,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Self { retention_days: 7 }
+    }
 }
 
 /// `[postgres]`.
@@ -388,6 +404,9 @@ impl Settings {
                     missing.join(", ")
                 )));
             }
+        }
+        if self.history.retention_days == 0 {
+            return bad("history.retention_days must be at least 1");
         }
         if self.redis.ttl_secs < 3 {
             return bad("redis.ttl_secs must be at least 3");

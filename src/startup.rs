@@ -266,8 +266,9 @@ impl Application {
         {
             let stats = board.register("janitor", "Janitor", false);
             let store = Arc::clone(&store);
-            let retention = chrono::Duration::hours(idempotency::RETENTION_HOURS);
-            Supervisor::start(move |_| Janitor::new(store, JANITOR_INTERVAL, retention, stats));
+            let keys = chrono::Duration::hours(idempotency::RETENTION_HOURS);
+            let history = chrono::Duration::days(i64::from(settings.history.retention_days));
+            Supervisor::start(move |_| Janitor::new(store, JANITOR_INTERVAL, keys, history, stats));
         }
         let consumer_backoff = Backoff {
             base: Duration::from_millis(100),

@@ -1,5 +1,6 @@
-//! `Janitor`: periodic housekeeping of the store, so tables that only grow (idempotency
-//! keys) stay bounded. Keys are kept at least the retention period (DESIGN: 24 h).
+//! `Janitor`: periodic housekeeping of the store, so tables that only grow stay
+//! bounded: idempotency keys (kept at least 24 h, DESIGN §4) and notification history
+//! (kept for the configured retention, 7 days by default).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,22 +17,25 @@ pub struct Janitor {
     store: Arc<dyn Store>,
     interval: Duration,
     idempotency_retention: chrono::Duration,
+    history_retention: chrono::Duration,
     stats: Arc<ActorStats>,
 }
 
 impl Janitor {
     /// A janitor running every `interval`, keeping idempotency keys for
-    /// `idempotency_retention`.
+    /// `idempotency_retention` and notifications for `history_retention`.
     pub fn new(
         store: Arc<dyn Store>,
         interval: Duration,
         idempotency_retention: chrono::Duration,
+        history_retention: chrono::Duration,
         stats: Arc<ActorStats>,
     ) -> Self {
         Self {
             store,
             interval,
             idempotency_retention,
+            history_retention,
             stats,
         }
     }
@@ -39,21 +43,27 @@ impl Janitor {
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         let store = Arc::clone(&self.store);
         let stats = Arc::clone(&self.stats);
-        let cutoff = Utc::now() - self.idempotency_retention;
+        let now = Utc::now();
+        let (keys_cutoff, history_cutoff) = (
+            now - self.idempotency_retention,
+            now - self.history_retention,
+        );
         ctx.spawn(
             async move {
-                match store.prune_idempotency_keys(cutoff).await {
-                    Ok(n) => {
-                        stats.processed(n);
+                let keys = store.prune_idempotency_keys(keys_cutoff).await;
+                let history = store.prune_notifications(history_cutoff).await;
+                match (keys, history) {
+                    (Ok(keys), Ok(notifications)) => {
+                        stats.processed(keys + notifications);
                         stats.set_status(ActorStatus::Running);
-                        if n > 0 {
-                            info!(pruned = n, "expired idempotency keys pruned");
+                        if keys + notifications > 0 {
+                            info!(keys, notifications, "expired rows pruned");
                         }
                     }
-                    Err(err) => {
+                    (Err(err), _) | (_, Err(err)) => {
                         stats.failed(1);
                         stats.set_status(ActorStatus::Degraded);
-                        warn!(error = %err, "idempotency keys not pruned");
+                        warn!(error = %err, "expired rows not pruned");
                     }
                 }
             }

@@ -118,6 +118,9 @@ pub trait Store: Send + Sync + 'static {
         response: Option<&IdempotentResponse>,
     ) -> Result<(Notification, bool), StoreError>;
 
+    /// Deletes notifications created before `older_than` (history retention).
+    async fn prune_notifications(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError>;
+
     /// The user's notifications with `after < id < before`, ascending, at most `limit`.
     async fn history(
         &self,

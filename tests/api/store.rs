@@ -40,6 +40,7 @@ macro_rules! contract {
 }
 
 contract!(
+    store_prunes_notifications_older_than_the_retention,
     store_a_reader_following_history_never_misses_an_id_under_concurrent_writers,
     store_users_are_unique_by_email_case_insensitively_and_carry_an_outbox_event,
     store_idempotency_keys_go_through_claim_replay_mismatch_and_release,
@@ -366,4 +367,31 @@ async fn store_a_reader_following_history_never_misses_an_id_under_concurrent_wr
         .collect();
     assert_eq!(all.len(), 200);
     assert_eq!(seen, all, "the incremental reader missed ids");
+}
+
+async fn store_prunes_notifications_older_than_the_retention(store: Arc<dyn Store>) {
+    let user = UserId::new();
+    let (kept, _) = store
+        .insert_notification(&note(user, None), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .prune_notifications(Utc::now() - Duration::days(7))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store.history(user, 0, None, 10).await.unwrap()[0].id,
+        kept.id
+    );
+    assert_eq!(
+        store
+            .prune_notifications(Utc::now() + Duration::seconds(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.history(user, 0, None, 10).await.unwrap().is_empty());
 }

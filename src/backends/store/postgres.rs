@@ -408,6 +408,17 @@ impl Store for PostgresStore {
         Ok((stored, is_new))
     }
 
+    async fn prune_notifications(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM notifications WHERE created_at < $1",
+                &[&older_than],
+            )
+            .await
+            .map_err(unavailable)
+    }
+
     async fn history(
         &self,
         user: UserId,

@@ -480,6 +480,17 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn prune_notifications(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
+        let cutoff = older_than.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        self.db
+            .write(move |conn| {
+                conn.execute("DELETE FROM notifications WHERE created_at < ?1", [cutoff])
+                    .map(|n| n as u64)
+                    .map_err(unavailable)
+            })
+            .await
+    }
+
     async fn history(
         &self,
         user: UserId,
