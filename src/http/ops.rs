@@ -3,6 +3,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use super::problem::PROBLEM_JSON;
 use super::AppState;
 
 /// A critical actor whose heartbeat is older than this makes the node unready.
@@ -40,7 +41,18 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if reasons.is_empty() {
         HttpResponse::Ok().json(json!({ "status": "ready" }))
     } else {
-        HttpResponse::ServiceUnavailable().json(json!({ "status": "unready", "reasons": reasons }))
+        // A problem document like every other error, with the reasons as an extension.
+        let body = json!({
+            "type": "urn:herald:problem:not_ready",
+            "title": "Not ready",
+            "status": 503,
+            "detail": reasons.join("; "),
+            "code": "not_ready",
+            "reasons": reasons,
+        });
+        HttpResponse::ServiceUnavailable()
+            .content_type(PROBLEM_JSON)
+            .body(body.to_string())
     }
 }
 

@@ -129,3 +129,127 @@ async fn the_keys_of_a_killed_node_expire_within_the_ttl() {
     })
     .await;
 }
+
+/// A private `redis-server` on a free port, to stop and start at will.
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn registry_status(app: &TestApp) -> String {
+    let health = app.get("/api/health/actors", None).await;
+    health.body["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "registry")
+        .map(|a| a["status"].as_str().unwrap().to_owned())
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn losing_redis_shows_in_readiness_and_health_and_heals_when_it_returns() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis_server = PrivateRedis::start(port);
+    let url = redis_server.url();
+    let app = spawn_app_with(|s| {
+        s.redis.url = Some(url.clone());
+        s.redis.ttl_secs = 3;
+    })
+    .await;
+    app.eventually("readiness with redis up", || async {
+        (app.get("/readyz", None).await.status == 200).then_some(())
+    })
+    .await;
+    let user = UserId::new();
+    let token = app.tokens.issue(user, "", 3600).unwrap();
+    let _ws = app.connect(&format!("token={token}")).await;
+
+    redis_server.stop();
+    let reasons = app
+        .eventually("readiness to fail without redis", || async {
+            let ready = app.get("/readyz", None).await;
+            (ready.status == 503).then_some(ready.body["reasons"].to_string())
+        })
+        .await;
+    assert!(reasons.contains("redis"), "{reasons}");
+    app.eventually("the registry to report the failing mirror", || async {
+        (registry_status(&app).await == "degraded").then_some(())
+    })
+    .await;
+    // Pushes keep flowing without Redis.
+    let reply = app
+        .publish(
+            &app.publisher_token(),
+            &serde_json::json!({ "user_id": user, "event": "e", "payload": {} }),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 202);
+
+    let _redis_again = PrivateRedis::start(port);
+    app.eventually("readiness to return", || async {
+        (app.get("/readyz", None).await.status == 200).then_some(())
+    })
+    .await;
+    app.eventually("the registry to recover", || async {
+        (registry_status(&app).await == "running").then_some(())
+    })
+    .await;
+    // The heartbeat re-created the session's keys in the fresh Redis.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    app.eventually("the session back in redis", || async {
+        let sockets: Vec<(String, String)> = conn.clone().hgetall(user_key(user)).await.unwrap();
+        (!sockets.is_empty()).then_some(())
+    })
+    .await;
+    let _ = conn.ping::<String>().await;
+}
