@@ -715,7 +715,6 @@ pub struct PgTestDb {
     /// URL whose connections use the schema.
     pub url: String,
     schema: String,
-    admin: tokio_postgres::Client,
 }
 
 impl PgTestDb {
@@ -754,7 +753,7 @@ impl PgTestDb {
             .expect("create schema");
         let separator = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{separator}options=-csearch_path%3D{schema}");
-        Self { url, schema, admin }
+        Self { url, schema }
     }
 
     /// A migrated store over the schema.
@@ -764,12 +763,35 @@ impl PgTestDb {
         postgres::migrate(&pool).await.expect("migrations apply");
         std::sync::Arc::new(postgres::PostgresStore::new(pool))
     }
+}
 
-    /// Drops the schema.
-    pub async fn cleanup(self) {
-        let _ = self
-            .admin
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
-            .await;
+/// Drops the schema when the test is done, passed or failed. Drop cannot await, so
+/// it runs on a thread with a runtime of its own.
+impl Drop for PgTestDb {
+    fn drop(&mut self) {
+        let (base, schema) = (postgres_url(), self.schema.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!(
+                "note: test schema {} left behind; a later run drops it",
+                self.schema
+            );
+        }
     }
 }

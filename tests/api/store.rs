@@ -32,7 +32,6 @@ macro_rules! contract {
                 async fn $name() {
                     let db = crate::helpers::PgTestDb::create().await;
                     super::$name(db.store().await).await;
-                    db.cleanup().await;
                 }
             )*
         }
