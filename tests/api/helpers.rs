@@ -317,7 +317,13 @@ impl TestApp {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let until = Instant::now() + deadline();
+        // Kafka rebalances take longer than anything in embedded mode.
+        let wait = if self.backdrop.is_some() {
+            Duration::from_secs(30)
+        } else {
+            deadline()
+        };
+        let until = Instant::now() + wait;
         loop {
             if let Some(v) = check().await {
                 return v;

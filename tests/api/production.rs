@@ -14,7 +14,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message};
 
-use crate::helpers::{kafka_brokers, spawn_production_app_with, TestApp};
+use crate::helpers::{kafka_brokers, spawn_production_app_with, Backdrop, Node, TestApp};
 
 /// A production-mode node whatever mode the suite runs in.
 async fn production_app() -> TestApp {
@@ -110,4 +110,94 @@ async fn production_a_poison_message_goes_to_the_dead_letter_topic_and_the_rest_
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .expect("the error header");
     assert!(error.contains("poison"), "{error}");
+}
+
+/// The id Herald's per-user advisory lock uses, as `pg_locks` shows it.
+const LOCK_KEY: &str = "hashtextextended($1, 0)";
+
+#[actix_web::test]
+async fn production_a_node_killed_while_handling_user_created_welcomes_once_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let backdrop = std::sync::Arc::new(Backdrop::create().await);
+
+    // A node that takes the signup but does not relay it.
+    let node = Node::start_on(
+        dir.path(),
+        Some(backdrop.clone()),
+        &[("HERALD__OUTBOX__RELAY", "false")],
+    );
+    let signup = node
+        .app
+        .signup(
+            &json!({ "email": "ada@example.com", "name": "Ada", "password": "correct horse" }),
+            Some("k"),
+        )
+        .await;
+    assert_eq!(signup.status, 201);
+    let user: UserId = signup.body["user"]["id"].as_str().unwrap().parse().unwrap();
+    let token = node
+        .app
+        .login("ada@example.com", "correct horse")
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    node.kill();
+
+    // Hold the user's notification lock from outside, so the welcome handler, once
+    // Kafka delivered the event, stops half-way: before its offset is committed.
+    let (locker, connection) = tokio_postgres::connect(&backdrop.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    actix_web::rt::spawn(connection);
+    let key: i64 = locker
+        .query_one(&format!("SELECT {LOCK_KEY}"), &[&user.to_string()])
+        .await
+        .unwrap()
+        .get(0);
+    locker
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+
+    let node = Node::start_on(dir.path(), Some(backdrop.clone()), &[]);
+    node.app
+        .eventually("the welcome handler to block on the lock", || async {
+            let waiting: i64 = locker
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                     AND ((classid::bigint << 32) | objid::bigint) = $1",
+                    &[&key],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (waiting > 0).then_some(())
+        })
+        .await;
+    node.kill();
+    locker
+        .execute("SELECT pg_advisory_unlock($1)", &[&key])
+        .await
+        .unwrap();
+
+    let node = Node::start_on(dir.path(), Some(backdrop.clone()), &[]);
+    let app = &node.app;
+    let welcomes = || async {
+        let history = app.history(&token, 0, 100).await;
+        history.body["notifications"].as_array().map_or(0, |list| {
+            list.iter().filter(|n| n["event"] == "welcome").count()
+        })
+    };
+    app.eventually("the welcome notification", || async {
+        (welcomes().await >= 1).then_some(())
+    })
+    .await;
+    app.eventually("the welcome email", || async {
+        (!app.mails().is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(welcomes().await, 1, "one welcome notification");
+    assert_eq!(app.mails().len(), 1, "one welcome email");
 }

@@ -394,3 +394,15 @@ async fn store_prunes_notifications_older_than_the_retention(store: Arc<dyn Stor
     );
     assert!(store.history(user, 0, None, 10).await.unwrap().is_empty());
 }
+
+#[actix_web::test]
+async fn postgres_migrations_apply_once_and_rerunning_is_a_no_op() {
+    use herald::backends::store::postgres;
+    let db = crate::helpers::PgTestDb::create().await;
+    let pool = postgres::pool(&db.url, 2).unwrap();
+    assert_eq!(
+        postgres::migrate(&pool).await.unwrap(),
+        postgres::MIGRATIONS.len()
+    );
+    assert_eq!(postgres::migrate(&pool).await.unwrap(), 0);
+}
