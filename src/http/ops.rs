@@ -25,21 +25,42 @@ async fn livez() -> HttpResponse {
 /// 200 only when the store answers and every critical actor runs.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut reasons = state.board.unready_reasons(STALE_HEARTBEAT_MS);
-    if let Err(err) = state.store.ping().await {
-        reasons.push(format!("store: {err}"));
-    }
-    if let Some(kafka) = &state.kafka {
-        if let Err(err) = kafka.ping().await {
-            reasons.push(format!("kafka: {err}"));
-        }
-    }
-    if let Some(redis) = &state.redis {
-        if let Err(err) = redis.ping().await {
-            reasons.push(format!("redis: {err}"));
+    // Every configured backend, checked concurrently, reported by name.
+    let (store, kafka, redis) = tokio::join!(
+        state.store.ping(),
+        async {
+            match &state.kafka {
+                Some(kafka) => Some(kafka.ping().await.map_err(|e| e.to_string())),
+                None => None,
+            }
+        },
+        async {
+            match &state.redis {
+                Some(redis) => Some(redis.ping().await.map_err(|e| e.to_string())),
+                None => None,
+            }
+        },
+    );
+    let mut backends = serde_json::Map::new();
+    let checks = [
+        ("store", Some(store.map_err(|e| e.to_string()))),
+        ("kafka", kafka),
+        ("redis", redis),
+    ];
+    for (name, check) in checks {
+        match check {
+            Some(Ok(())) => {
+                backends.insert(name.into(), "ok".into());
+            }
+            Some(Err(err)) => {
+                backends.insert(name.into(), "unreachable".into());
+                reasons.push(format!("{name}: {err}"));
+            }
+            None => {}
         }
     }
     if reasons.is_empty() {
-        HttpResponse::Ok().json(json!({ "status": "ready" }))
+        HttpResponse::Ok().json(json!({ "status": "ready", "backends": backends }))
     } else {
         // A problem document like every other error, with the reasons as an extension.
         let body = json!({
@@ -49,6 +70,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "detail": reasons.join("; "),
             "code": "not_ready",
             "reasons": reasons,
+            "backends": backends,
         });
         HttpResponse::ServiceUnavailable()
             .content_type(PROBLEM_JSON)

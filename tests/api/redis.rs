@@ -217,6 +217,9 @@ async fn losing_redis_shows_in_readiness_and_health_and_heals_when_it_returns() 
         })
         .await;
     assert!(reasons.contains("redis"), "{reasons}");
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.body["backends"]["redis"], "unreachable");
+    assert_eq!(ready.body["backends"]["store"], "ok");
     app.eventually("the registry to report the failing mirror", || async {
         (registry_status(&app).await == "degraded").then_some(())
     })
