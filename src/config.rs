@@ -114,7 +114,8 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// Producer batching delay (`linger.ms`).
     pub linger_ms: u32,
-    /// Prepended to every topic name (several deployments on one cluster).
+    /// Prepended to every topic name and consumer group id (several deployments on
+    /// one cluster).
     pub topic_prefix: String,
 }
 

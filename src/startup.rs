@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::{Addr, Supervisor};
 use actix_web::dev::Server;
-use actix_web::middleware::ErrorHandlers;
+use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context};
 use lettre::message::Mailbox;
@@ -23,6 +23,7 @@ use herald_actors::domain::Topic;
 use herald_actors::health::HealthBoard;
 use herald_actors::janitor::Janitor;
 use herald_actors::mailer::Mailer;
+use herald_actors::metrics::{HotCounters, Metrics};
 use herald_actors::outbox_relay::OutboxRelay;
 use herald_actors::ports::{Bus, MailTransport, RegistryMirror, Store};
 use herald_actors::registry::{Mirroring, Registry};
@@ -237,6 +238,12 @@ impl Application {
         let delivery_group = backends.delivery_group.clone();
 
         let board = HealthBoard::new();
+        let counters = Arc::new(HotCounters::default());
+        let metrics = {
+            let stats = board.register("metrics", "Metrics", false);
+            let (counters, board) = (Arc::clone(&counters), board.clone());
+            Supervisor::start(move |_| Metrics::new(counters, board, stats))
+        };
         let registry = {
             let stats = board.register("registry", "Registry", true);
             let mirroring = redis.as_ref().map(|mirror| Mirroring {
@@ -315,6 +322,8 @@ impl Application {
             body_timeout: Duration::from_secs(settings.server.body_timeout_secs),
             redis,
             kafka: backends.kafka,
+            counters,
+            metrics: metrics.clone(),
         });
 
         let listener = TcpListener::bind(&settings.server.bind)
@@ -324,6 +333,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .wrap(ErrorHandlers::new().default_handler(normalize_error))
+                .wrap(from_fn(http::observe::observe_requests))
                 .configure(http::configure)
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))

@@ -96,6 +96,14 @@ impl ActorStats {
         }
     }
 
+    /// Adds one to a numeric detail (for rare events such as dead letters).
+    pub fn count_detail(&self, key: &str) {
+        if let Ok(mut details) = self.details.lock() {
+            let next = details.get(key).and_then(Value::as_u64).unwrap_or(0) + 1;
+            details.insert(key.to_owned(), next.into());
+        }
+    }
+
     /// The actor's name.
     pub fn name(&self) -> &str {
         &self.name

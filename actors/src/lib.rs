@@ -27,6 +27,7 @@ pub mod health;
 pub mod janitor;
 pub mod mailer;
 pub mod messages;
+pub mod metrics;
 pub mod outbox_relay;
 pub mod ports;
 pub mod pump;

@@ -137,6 +137,7 @@ async fn send_one(
                 stats.set_status(ActorStatus::Degraded);
             } else {
                 error!(mail_id = %job.id, attempts, error = %err, "mail dead-lettered");
+                stats.count_detail("dead_lettered");
             }
             store
                 .mark_mail_failed(&job.id, attempts, retry_at, &err.to_string())

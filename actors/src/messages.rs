@@ -24,6 +24,8 @@ pub struct Push {
     pub targeted: bool,
     /// The text frame.
     pub frame: ByteString,
+    /// When the notification was committed (µs since the epoch), for push latency.
+    pub committed_at_micros: i64,
 }
 
 impl Push {
@@ -33,6 +35,7 @@ impl Push {
             id: notification.id,
             targeted: notification.user_id.is_some(),
             frame: notification.to_frame(),
+            committed_at_micros: notification.created_at.timestamp_micros(),
         }
     }
 }

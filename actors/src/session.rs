@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use crate::domain::{Notification, NotificationId, UserId};
 use crate::messages::{CloseSession, Connect, Disconnect, Push, SessionId};
+use crate::metrics::HotCounters;
 use crate::ports::Store;
 use crate::registry::Registry;
 
@@ -90,6 +91,7 @@ pub struct WsSession {
     registry: Addr<Registry>,
     store: Arc<dyn Store>,
     config: SessionConfig,
+    counters: Arc<HotCounters>,
     last_seen: Instant,
     delivery: Delivery,
     /// Highest targeted id written to the socket since the last resume: anything at or
@@ -109,6 +111,7 @@ impl WsSession {
         registry: Addr<Registry>,
         store: Arc<dyn Store>,
         config: SessionConfig,
+        counters: Arc<HotCounters>,
         initial_after: Option<NotificationId>,
     ) -> Self {
         Self {
@@ -117,6 +120,7 @@ impl WsSession {
             registry,
             store,
             config,
+            counters,
             last_seen: Instant::now(),
             delivery: Delivery::Live,
             last_sent: None,
@@ -129,6 +133,9 @@ impl WsSession {
     /// Tells the registry this session is gone (once).
     fn leave_registry(&mut self) {
         if let (true, Some(user_id)) = (std::mem::take(&mut self.registered), self.user_id()) {
+            self.counters
+                .connections_closed
+                .fetch_add(1, Ordering::Relaxed);
             self.registry.do_send(Disconnect {
                 user_id,
                 session_id: self.id,
@@ -165,6 +172,11 @@ impl WsSession {
             }
             self.last_sent = Some(push.id);
         }
+        self.counters.pushes.fetch_add(1, Ordering::Relaxed);
+        let latency_micros = Utc::now().timestamp_micros() - push.committed_at_micros;
+        self.counters
+            .push_latency
+            .observe(Duration::from_micros(latency_micros.max(0) as u64));
         ctx.text(push.frame);
     }
 
@@ -334,6 +346,9 @@ impl Actor for WsSession {
         // answer arrives, its `Disconnect` still follows the `Connect` in the
         // registry's mailbox.
         self.registered = true;
+        self.counters
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
         self.registry
             .send(connect)
             .into_actor(self)

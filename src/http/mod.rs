@@ -18,6 +18,7 @@ use crate::auth::jwt::{Claims, TokenService};
 pub mod idempotency;
 pub mod json;
 pub mod notifications;
+pub mod observe;
 pub mod ops;
 pub mod problem;
 pub mod users;
@@ -49,6 +50,10 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// The Redis registry mirror, when configured (checked by `/readyz`).
     pub redis: Option<Arc<crate::backends::registry::redis::RedisMirror>>,
+    /// Counters the sessions update directly.
+    pub counters: Arc<herald_actors::metrics::HotCounters>,
+    /// The metrics aggregator.
+    pub metrics: Addr<herald_actors::metrics::Metrics>,
     /// The Kafka bus in production mode (checked by `/readyz`).
     pub kafka: Option<Arc<crate::backends::bus::kafka::KafkaBus>>,
 }

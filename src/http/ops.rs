@@ -3,7 +3,9 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use super::problem::PROBLEM_JSON;
+use herald_actors::metrics::{GetQps, RenderPrometheus};
+
+use super::problem::{ApiError, PROBLEM_JSON};
 use super::AppState;
 
 /// A critical actor whose heartbeat is older than this makes the node unready.
@@ -14,7 +16,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // Probes answer HEAD too: some load balancers check with it.
     cfg.service(web::resource("/livez").get(livez).head(livez))
         .service(web::resource("/readyz").get(readyz).head(readyz))
-        .service(web::resource("/api/health/actors").get(actors));
+        .service(web::resource("/api/health/actors").get(actors))
+        .service(web::resource("/metrics").get(metrics))
+        .service(web::resource("/api/analytics").get(analytics));
 }
 
 /// 200 while the process serves requests; never checks dependencies.
@@ -81,4 +85,29 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 /// Every actor's status, restarts, heartbeat age, counts and details.
 async fn actors(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "actors": state.board.snapshot() }))
+}
+
+/// Prometheus text exposition format 0.0.4.
+async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let text = state
+        .metrics
+        .send(RenderPrometheus)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("metrics: {e}")))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
+}
+
+/// Request rates and open connections.
+async fn analytics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let qps = state
+        .metrics
+        .send(GetQps)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("metrics: {e}")))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "qps": qps,
+        "connections": state.counters.connections(),
+    })))
 }

@@ -87,6 +87,7 @@ async fn connect(
         state.registry.clone(),
         Arc::clone(&state.store),
         state.session.clone(),
+        Arc::clone(&state.counters),
         after,
     );
     session::start(session, &req, stream)

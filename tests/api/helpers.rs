@@ -22,7 +22,7 @@ use herald_actors::domain::UserId;
 pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 /// How long any single wait in a test may take before it fails. Production mode gets
 /// longer: after a node is killed, Kafka hands its partitions to the new node only when
-/// the dead consumer's session times out (10 s).
+/// the dead consumer's session times out, and a loaded CI machine slows rebalances.
 pub fn deadline() -> Duration {
     if production() {
         Duration::from_secs(30)
@@ -319,7 +319,7 @@ impl TestApp {
     {
         // Kafka rebalances take longer than anything in embedded mode.
         let wait = if self.backdrop.is_some() {
-            Duration::from_secs(30)
+            Duration::from_secs(60)
         } else {
             deadline()
         };

@@ -12,6 +12,7 @@ mod cli;
 mod hardening;
 mod helpers;
 mod mail;
+mod metrics;
 mod production;
 mod redis;
 mod restart;

@@ -43,8 +43,8 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// Producer `linger.ms`: batching against latency.
     pub linger_ms: u32,
-    /// Prepended to every topic name, so several deployments (or test runs) can share
-    /// one cluster.
+    /// Prepended to every topic name and consumer group id, so several deployments
+    /// (or test runs) can share one cluster without sharing rebalances.
     pub topic_prefix: String,
 }
 
@@ -183,11 +183,13 @@ impl Bus for KafkaBus {
         };
         let consumer: StreamConsumer<RebalanceLogger> = ClientConfig::new()
             .set("bootstrap.servers", &self.settings.brokers)
-            .set("group.id", group)
+            .set("group.id", format!("{}{group}", self.settings.topic_prefix))
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", reset)
+            // A node that dies unannounced holds its partitions until its session times
+            // out: keep that short.
             .set("session.timeout.ms", "10000")
             .create_with_context(RebalanceLogger {
                 group: group.to_owned(),
