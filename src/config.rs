@@ -11,6 +11,7 @@ use serde::Deserialize;
 use herald_actors::backoff::Backoff;
 use herald_actors::mailer::MailerConfig;
 use herald_actors::session::SessionConfig;
+use herald_actors::supervisor::RestartPolicy;
 
 /// Errors while loading configuration.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,39 @@ pub struct Settings {
     pub smtp: SmtpSettings,
     /// Notification history.
     pub history: HistorySettings,
+    /// Actor restarts.
+    pub supervisor: SupervisorSettings,
+}
+
+/// `[supervisor]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorSettings {
+    /// Restarts an actor may have within `window_secs` before it counts as failed
+    /// (`/readyz` then answers 503).
+    pub max_restarts: usize,
+    /// The sliding window of the restart budget, seconds.
+    pub window_secs: u64,
+    /// First restart delay, milliseconds; it doubles per restart within the window
+    /// (with full jitter) up to `max_delay_ms`.
+    pub base_delay_ms: u64,
+    /// Longest restart delay, milliseconds.
+    pub max_delay_ms: u64,
+    /// How long a failed actor waits before it is tried again, seconds.
+    pub cooldown_secs: u64,
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> Self {
+        let policy = RestartPolicy::default();
+        Self {
+            max_restarts: policy.max_restarts,
+            window_secs: policy.window.as_secs(),
+            base_delay_ms: policy.backoff.base.as_millis() as u64,
+            max_delay_ms: policy.backoff.cap.as_millis() as u64,
+            cooldown_secs: policy.cooldown.as_secs(),
+        }
+    }
 }
 
 /// `[history]`.
@@ -172,6 +206,9 @@ pub struct RedisSettings {
     pub url: Option<String>,
     /// Seconds a node's keys outlive it without heartbeats (refreshed every third).
     pub ttl_secs: u64,
+    /// Prefix of the shared DAU/MAU keys (`{prefix}:dau:{yyyy-mm-dd}`): deployments
+    /// sharing one Redis count apart when their prefixes differ.
+    pub counter_prefix: String,
 }
 
 impl Default for RedisSettings {
@@ -179,6 +216,7 @@ impl Default for RedisSettings {
         Self {
             url: None,
             ttl_secs: 30,
+            counter_prefix: "herald".to_owned(),
         }
     }
 }
@@ -315,8 +353,10 @@ impl Default for MailSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
-    /// Human-readable lines.
+    /// JSON in production mode, text in embedded mode.
     #[default]
+    Auto,
+    /// Human-readable lines.
     Text,
     /// One JSON object per line.
     Json,
@@ -336,7 +376,7 @@ impl Default for LogSettings {
     fn default() -> Self {
         Self {
             level: "info".into(),
-            format: LogFormat::Text,
+            format: LogFormat::Auto,
         }
     }
 }
@@ -443,6 +483,20 @@ impl Settings {
             max_frame_bytes: self.websocket.max_frame_bytes,
             outbound_queue: self.websocket.outbound_queue,
             replay_page: self.websocket.replay_page.clamp(1, 10_000),
+        }
+    }
+
+    /// The actors' restart policy.
+    pub fn restart_policy(&self) -> RestartPolicy {
+        let s = &self.supervisor;
+        RestartPolicy {
+            max_restarts: s.max_restarts,
+            window: Duration::from_secs(s.window_secs),
+            backoff: Backoff {
+                base: Duration::from_millis(s.base_delay_ms),
+                cap: Duration::from_millis(s.max_delay_ms.max(s.base_delay_ms)),
+            },
+            cooldown: Duration::from_secs(s.cooldown_secs),
         }
     }
 

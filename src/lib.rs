@@ -62,7 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
     };
     let settings = Settings::load(cli.config.as_deref(), &overrides)?;
-    telemetry::init(&settings.log);
+    telemetry::init(&settings.log, settings.mode);
     match command {
         Command::Serve(_) => {
             let app = startup::Application::build(settings).await?;

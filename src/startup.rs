@@ -16,21 +16,26 @@ use lettre::message::Mailbox;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::info;
 
+use herald_actors::activity::ActivityTracker;
+use herald_actors::analytics::ActivityHandler;
 use herald_actors::backoff::Backoff;
-use herald_actors::consumer::{Consumer, ConsumerConfig};
+use herald_actors::consumer::{Consumer, ConsumerConfig, TopicHandler};
 use herald_actors::delivery::DeliveryHandler;
 use herald_actors::domain::Topic;
 use herald_actors::health::HealthBoard;
 use herald_actors::janitor::Janitor;
 use herald_actors::mailer::Mailer;
-use herald_actors::metrics::{HotCounters, Metrics};
+use herald_actors::metrics::{ActiveUsersSource, HotCounters, Metrics};
 use herald_actors::outbox_relay::OutboxRelay;
-use herald_actors::ports::{Bus, MailTransport, RegistryMirror, Store};
+use herald_actors::ports::{ActivityStore, Bus, MailTransport, RegistryMirror, Store};
 use herald_actors::registry::{Mirroring, Registry};
 use herald_actors::welcome::UserCreatedHandler;
 use herald_actors::writer::NotificationWriter;
 
 use crate::auth::jwt::{self, TokenService};
+use crate::backends::analytics::mau_days;
+use crate::backends::analytics::redis::RedisActivity;
+use crate::backends::analytics::sqlite::SqliteActivity;
 use crate::backends::bus::kafka::{KafkaBus, KafkaSettings};
 use crate::backends::bus::sqlite::SqliteBus;
 use crate::backends::mail::file::FileMailTransport;
@@ -53,8 +58,23 @@ pub const WELCOME_GROUP: &str = "welcome";
 /// history, not as a flood of stale pushes.
 pub const DELIVERY_GROUP: &str = "delivery";
 
+/// Consumer group that counts `user.activity` and `api.hit` into DAU/MAU.
+pub const ANALYTICS_GROUP: &str = "analytics";
+
 /// How often expired idempotency keys are pruned.
 pub const JANITOR_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Wraps a topic's handler: see [`Hooks::wrap_handler`].
+pub type HandlerWrapper =
+    Arc<dyn Fn(Topic, Arc<dyn TopicHandler>) -> Arc<dyn TopicHandler> + Send + Sync>;
+
+/// Ways to alter a node for fault-injection tests and for embedding Herald in another
+/// program. The default changes nothing.
+#[derive(Default, Clone)]
+pub struct Hooks {
+    /// Wraps each topic's handler, e.g. to make it fail or panic on chosen messages.
+    pub wrap_handler: Option<HandlerWrapper>,
+}
 
 /// A running node.
 pub struct Application {
@@ -108,6 +128,8 @@ struct Backends {
     delivery_group: String,
     /// The Kafka bus, for readiness checks (production only).
     kafka: Option<Arc<KafkaBus>>,
+    /// The embedded database (embedded only), home of the DAU/MAU sketches without Redis.
+    embedded_db: Option<Arc<SqliteDb>>,
 }
 
 impl Backends {
@@ -123,7 +145,8 @@ impl Backends {
                 let db = Arc::new(open_embedded_db(data_dir)?);
                 Ok(Self {
                     store: Arc::new(SqliteStore::new(Arc::clone(&db))),
-                    bus: Arc::new(SqliteBus::new(db, &[DELIVERY_GROUP])),
+                    bus: Arc::new(SqliteBus::new(Arc::clone(&db), &[DELIVERY_GROUP])),
+                    embedded_db: Some(db),
                     transport: Arc::new(
                         FileMailTransport::new(&data_dir.join(MAIL_DIR), from)
                             .context("while creating the mail directory")?,
@@ -175,6 +198,7 @@ impl Backends {
                     transport: Arc::new(transport),
                     delivery_group,
                     kafka: Some(kafka),
+                    embedded_db: None,
                 })
             }
         }
@@ -210,6 +234,14 @@ impl Application {
     /// # Errors
     /// Bad configuration, an unreachable backend, or a port that cannot be bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, Hooks::default()).await
+    }
+
+    /// [`Self::build`] with `hooks` applied.
+    ///
+    /// # Errors
+    /// As [`Self::build`].
+    pub async fn build_with(settings: Settings, hooks: Hooks) -> anyhow::Result<Self> {
         let tokens = TokenService::new(&token_secret(&settings)?)?;
         let data_dir = settings.server.data_dir.clone();
         let node_id = settings
@@ -236,13 +268,32 @@ impl Application {
             Arc::clone(&backends.transport),
         );
         let delivery_group = backends.delivery_group.clone();
+        let activity: Arc<dyn ActivityStore> = match (&redis, &backends.embedded_db) {
+            (Some(redis), _) => Arc::new(RedisActivity::new(
+                redis.pool(),
+                settings.redis.counter_prefix.clone(),
+            )),
+            (None, Some(db)) => Arc::new(SqliteActivity::new(Arc::clone(db))),
+            (None, None) => bail!("production mode needs redis.url for the DAU/MAU counters"),
+        };
 
-        let board = HealthBoard::new();
+        let board = HealthBoard::with_policy(settings.restart_policy());
         let counters = Arc::new(HotCounters::default());
         let metrics = {
             let stats = board.register("metrics", "Metrics", false);
             let (counters, board) = (Arc::clone(&counters), board.clone());
-            Supervisor::start(move |_| Metrics::new(counters, board, stats))
+            let source = ActiveUsersSource {
+                store: Arc::clone(&activity),
+                mau_days,
+            };
+            Supervisor::start(move |_| {
+                Metrics::new(counters, board, stats).with_active_users(source)
+            })
+        };
+        let activity_tracker = {
+            let stats = board.register("activity_tracker", "ActivityTracker", false);
+            let bus = Arc::clone(&bus);
+            Supervisor::start(move |_| ActivityTracker::new(bus, stats))
         };
         let registry = {
             let stats = board.register("registry", "Registry", true);
@@ -270,13 +321,13 @@ impl Application {
             let interval = Duration::from_millis(settings.outbox.poll_interval_ms.max(10));
             Supervisor::start(move |_| OutboxRelay::new(store, bus, interval, stats))
         });
-        {
+        let janitor = {
             let stats = board.register("janitor", "Janitor", false);
             let store = Arc::clone(&store);
             let keys = chrono::Duration::hours(idempotency::RETENTION_HOURS);
             let history = chrono::Duration::days(i64::from(settings.history.retention_days));
-            Supervisor::start(move |_| Janitor::new(store, JANITOR_INTERVAL, keys, history, stats));
-        }
+            Supervisor::start(move |_| Janitor::new(store, JANITOR_INTERVAL, keys, history, stats))
+        };
         let consumer_backoff = Backoff {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(30),
@@ -289,16 +340,33 @@ impl Application {
                     writer.clone(),
                     Arc::clone(&store),
                     mailer.clone(),
-                )) as Arc<dyn herald_actors::consumer::TopicHandler>,
+                )) as Arc<dyn TopicHandler>,
             ),
             (
                 Topic::Notifications,
                 delivery_group.as_str(),
                 Arc::new(DeliveryHandler::new(registry.clone())),
             ),
+            (
+                Topic::UserActivity,
+                ANALYTICS_GROUP,
+                Arc::new(ActivityHandler::new(Arc::clone(&activity))),
+            ),
+            (
+                Topic::ApiHit,
+                ANALYTICS_GROUP,
+                Arc::new(ActivityHandler::new(Arc::clone(&activity))),
+            ),
         ];
+        let mut consumer_addrs = Vec::with_capacity(consumers.len());
         for (topic, group, handler) in consumers {
-            let stats = board.register(format!("consumer:{topic}"), "Consumer", true);
+            let handler = match &hooks.wrap_handler {
+                Some(wrap) => wrap(topic, handler),
+                None => handler,
+            };
+            // Counting users is not worth taking the node out of a load balancer.
+            let critical = matches!(topic, Topic::UserCreated | Topic::Notifications);
+            let stats = board.register(format!("consumer:{topic}"), "Consumer", critical);
             let config = ConsumerConfig {
                 topic,
                 group: group.to_owned(),
@@ -306,10 +374,19 @@ impl Application {
                 backoff: consumer_backoff,
             };
             let bus = Arc::clone(&bus);
-            Supervisor::start(move |_| Consumer::new(bus, handler, config, stats));
+            consumer_addrs.push(Supervisor::start(move |_| {
+                Consumer::new(bus, handler, config, stats)
+            }));
         }
 
         let state = web::Data::new(AppState {
+            bus: Arc::clone(&bus),
+            daemons: http::Daemons {
+                consumers: consumer_addrs,
+                janitor,
+            },
+            activity,
+            activity_tracker,
             store,
             tokens,
             writer,

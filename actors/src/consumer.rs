@@ -2,13 +2,21 @@
 //! handler, and commits the offset only after the handler finished (at-least-once).
 //! A message that cannot be handled goes to the topic's dead-letter topic with the
 //! error, so it never blocks the messages behind it.
+//!
+//! A handler that panics does not take the node down: the panic is caught, the actor
+//! stops and its supervisor restarts it (with the restart policy's delay), and the
+//! uncommitted message is read again. After [`MAX_PANICS`] panics on the same message
+//! it is dead-lettered without running the handler again.
 
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use serde::Serialize;
 use tracing::{error, info, instrument, warn};
 
@@ -34,6 +42,34 @@ pub trait TopicHandler: Send + Sync + 'static {
     /// Handles one message. Must be idempotent: after a crash the same message can come
     /// again.
     async fn handle(&self, message: &BusMessage) -> Result<(), HandleError>;
+}
+
+/// Panics on one message before it is dead-lettered.
+pub const MAX_PANICS: u32 = 3;
+
+/// Why the consume loop ended.
+#[derive(Debug, thiserror::Error)]
+enum ConsumeError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The handler panicked on the message at `position`.
+    #[error("handler panicked at partition {}, offset {}: {reason}", position.0, position.1)]
+    Panicked {
+        position: (i32, i64),
+        reason: String,
+    },
+}
+
+/// Panics seen per message position (partition, offset), with the last panic's text.
+type PanicLog = HashMap<(i32, i64), (u32, String)>;
+
+/// The text of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic".to_owned())
 }
 
 /// Tuning for a consumer.
@@ -66,7 +102,9 @@ pub struct Consumer {
     handler: Arc<dyn TopicHandler>,
     config: ConsumerConfig,
     stats: Arc<ActorStats>,
-    consecutive_failures: u32,
+    /// Survives restarts (actix keeps the actor value), so repeated panics on one
+    /// message are counted.
+    panics: PanicLog,
 }
 
 impl Consumer {
@@ -82,7 +120,7 @@ impl Consumer {
             handler,
             config,
             stats,
-            consecutive_failures: 0,
+            panics: HashMap::new(),
         }
     }
 }
@@ -90,8 +128,9 @@ impl Consumer {
 /// Runs `handler` on `message` with retries; dead-letters what cannot be handled.
 ///
 /// # Errors
-/// Only when the dead-letter topic cannot take the message either: the caller must not
-/// commit then.
+/// When the dead-letter topic cannot take the message either (the caller must not
+/// commit then), or when the handler panicked (the actor restarts and reads the
+/// message again).
 #[instrument(skip_all, fields(topic = %message.topic, offset = message.offset))]
 async fn handle_one(
     bus: &dyn Bus,
@@ -99,22 +138,36 @@ async fn handle_one(
     config: &ConsumerConfig,
     stats: &ActorStats,
     message: &BusMessage,
-) -> Result<(), BusError> {
+    panicked: Option<&(u32, String)>,
+) -> Result<(), ConsumeError> {
+    let position = (message.partition, message.offset);
     let mut attempt = 0;
-    let failure = loop {
-        match handler.handle(message).await {
-            Ok(()) => {
-                stats.processed(1);
-                return Ok(());
-            }
-            Err(HandleError::Transient(reason)) if attempt + 1 < config.max_attempts => {
-                let delay = config.backoff.delay(attempt);
-                warn!(%reason, attempt, ?delay, "handler failed; retrying");
-                attempt += 1;
-                tokio::time::sleep(delay).await;
-            }
-            Err(err) => break err,
+    let failure = match panicked {
+        Some((count, reason)) if *count >= MAX_PANICS => {
+            format!("handler panicked {count} times: {reason}")
         }
+        _ => loop {
+            let outcome = AssertUnwindSafe(handler.handle(message))
+                .catch_unwind()
+                .await
+                .map_err(|panic| ConsumeError::Panicked {
+                    position,
+                    reason: panic_text(&*panic),
+                })?;
+            match outcome {
+                Ok(()) => {
+                    stats.processed(1);
+                    return Ok(());
+                }
+                Err(HandleError::Transient(reason)) if attempt + 1 < config.max_attempts => {
+                    let delay = config.backoff.delay(attempt);
+                    warn!(%reason, attempt, ?delay, "handler failed; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                Err(err) => break err.to_string(),
+            }
+        },
     };
     stats.failed(1);
     error!(error = %failure, "message dead-lettered");
@@ -123,23 +176,25 @@ async fn handle_one(
         partition: message.partition,
         offset: message.offset,
         key: &message.key,
-        error: failure.to_string(),
+        error: failure,
         payload: &String::from_utf8_lossy(&message.payload),
     };
     let body = serde_json::to_vec(&letter)
         .map(Bytes::from)
         .unwrap_or_default();
     bus.publish(message.topic.dead_letter(), &message.key, body)
-        .await
+        .await?;
+    Ok(())
 }
 
-/// The consume loop: returns only when the bus fails.
+/// The consume loop: returns only when the bus fails or the handler panicked.
 async fn consume(
     bus: Arc<dyn Bus>,
     handler: Arc<dyn TopicHandler>,
     config: ConsumerConfig,
     stats: Arc<ActorStats>,
-) -> Result<(), BusError> {
+    panics: PanicLog,
+) -> Result<(), ConsumeError> {
     let mut subscription = bus.subscribe(config.topic, &config.group).await?;
     stats.set_status(ActorStatus::Running);
     info!(topic = %config.topic, group = %config.group, "consumer subscribed");
@@ -152,7 +207,8 @@ async fn consume(
             lag_checked = Instant::now();
         }
         let message = subscription.next().await?;
-        handle_one(&*bus, &*handler, &config, &stats, &message).await?;
+        let panicked = panics.get(&(message.partition, message.offset));
+        handle_one(&*bus, &*handler, &config, &stats, &message, panicked).await?;
         subscription.commit(&message).await?;
     }
 }
@@ -165,18 +221,15 @@ impl Actor for Consumer {
         self.stats.set_detail("group", self.config.group.as_str());
         self.stats.heartbeat();
         ctx.run_interval(Duration::from_secs(1), |act, _| act.stats.heartbeat());
-        let delay = if self.consecutive_failures == 0 {
-            Duration::ZERO
-        } else {
-            self.config.backoff.delay(self.consecutive_failures)
-        };
+        // The supervisor's restart delay (none on the first start) paces restarts.
+        let delay = self.stats.restart_delay();
         let run = consume(
             Arc::clone(&self.bus),
             Arc::clone(&self.handler),
             self.config.clone(),
             Arc::clone(&self.stats),
+            self.panics.clone(),
         );
-        let started_at = Instant::now();
         ctx.spawn(
             async move {
                 tokio::time::sleep(delay).await;
@@ -184,14 +237,20 @@ impl Actor for Consumer {
             }
             .into_actor(self)
             .map(move |result, act, ctx| {
-                if let Err(err) = result {
-                    error!(topic = %act.config.topic, error = %err, "consumer failed; restarting");
+                match result {
+                    Err(ConsumeError::Panicked { position, reason }) => {
+                        error!(topic = %act.config.topic, partition = position.0, offset = position.1, %reason, "handler panicked; restarting the consumer");
+                        act.stats.failed(1);
+                        // Only messages not yet committed can come back; keep the log small.
+                        act.panics.retain(|(p, o), _| *p != position.0 || *o >= position.1);
+                        let entry = act.panics.entry(position).or_insert((0, String::new()));
+                        *entry = (entry.0 + 1, reason);
+                    }
+                    Err(err) => {
+                        error!(topic = %act.config.topic, error = %err, "consumer failed; restarting");
+                    }
+                    Ok(()) => {}
                 }
-                // A loop that ran a while before failing starts its backoff afresh.
-                if started_at.elapsed() > Duration::from_secs(60) {
-                    act.consecutive_failures = 0;
-                }
-                act.consecutive_failures += 1;
                 ctx.stop();
             }),
         );

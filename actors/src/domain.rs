@@ -349,6 +349,79 @@ pub struct NotificationStored {
     pub notification: Notification,
 }
 
+/// Longest id accepted in an activity event (ids from other services are opaque).
+pub const MAX_ACTIVITY_ID_LEN: usize = 256;
+/// Most users one activity event may name.
+pub const MAX_ACTIVITY_BATCH: usize = 1_000;
+
+/// What made a user count as active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivitySource {
+    /// A successful login.
+    Login,
+    /// A WebSocket session opened.
+    Connect,
+    /// A frame from a connected client.
+    Message,
+    /// Another service reported an API hit.
+    ApiHit,
+}
+
+/// A `user.activity` or `api.hit` event: these users were active at `at`. Other
+/// services publish `api.hit` in this shape, with either `user_id` or `user_ids`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityEvent {
+    /// Deduplication id (counting is idempotent, so it is optional for publishers).
+    #[serde(default)]
+    pub event_id: Option<Uuid>,
+    /// One active user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Several active users.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_ids: Vec<String>,
+    /// When (the UTC day counted); the time of handling when absent.
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
+    /// What they did.
+    #[serde(default)]
+    pub source: Option<ActivitySource>,
+}
+
+impl ActivityEvent {
+    /// Every user the event names, checked: at least one, at most
+    /// [`MAX_ACTIVITY_BATCH`], each non-empty and at most [`MAX_ACTIVITY_ID_LEN`] bytes.
+    ///
+    /// # Errors
+    /// A description of what is wrong, for the dead letter.
+    pub fn users(&self) -> Result<Vec<&str>, String> {
+        let users: Vec<&str> = self
+            .user_id
+            .iter()
+            .chain(self.user_ids.iter())
+            .map(String::as_str)
+            .collect();
+        if users.is_empty() {
+            return Err("names no user: set user_id or user_ids".into());
+        }
+        if users.len() > MAX_ACTIVITY_BATCH {
+            return Err(format!("names more than {MAX_ACTIVITY_BATCH} users"));
+        }
+        if let Some(bad) = users
+            .iter()
+            .find(|u| u.is_empty() || u.len() > MAX_ACTIVITY_ID_LEN)
+        {
+            return Err(format!(
+                "user id of {} bytes: ids must have 1 to {MAX_ACTIVITY_ID_LEN}",
+                bad.len()
+            ));
+        }
+        Ok(users)
+    }
+}
+
 /// A row of the transactional outbox.
 #[derive(Debug, Clone)]
 pub struct OutboxEvent {

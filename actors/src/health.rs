@@ -4,9 +4,13 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tracing::error;
+
+use crate::supervisor::{RestartDecision, RestartHistory, RestartPolicy};
 
 /// An actor's lifecycle state as operators see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -20,6 +24,8 @@ pub enum ActorStatus {
     Degraded,
     /// Not running.
     Stopped,
+    /// Restarted more often than its budget allows; waiting out a cool-down.
+    Failed,
 }
 
 impl ActorStatus {
@@ -28,6 +34,7 @@ impl ActorStatus {
             0 => Self::Running,
             1 => Self::Restarting,
             2 => Self::Degraded,
+            4 => Self::Failed,
             _ => Self::Stopped,
         }
     }
@@ -37,6 +44,7 @@ impl ActorStatus {
             Self::Restarting => 1,
             Self::Degraded => 2,
             Self::Stopped => 3,
+            Self::Failed => 4,
         }
     }
 }
@@ -53,6 +61,12 @@ pub struct ActorStats {
     failed: AtomicU64,
     last_heartbeat_ms: AtomicI64,
     details: Mutex<Map<String, Value>>,
+    policy: RestartPolicy,
+    history: Mutex<RestartHistory>,
+    /// What the last restart decided to wait before resuming work.
+    restart_delay_ms: AtomicU64,
+    /// While failed: until when (unix ms) the status stays `failed`.
+    failed_until_ms: AtomicI64,
 }
 
 impl ActorStats {
@@ -62,8 +76,14 @@ impl ActorStats {
             .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
 
-    /// Sets the status.
+    /// Sets the status. A `failed` actor stays failed until its cool-down is over.
     pub fn set_status(&self, status: ActorStatus) {
+        if self.status() == ActorStatus::Failed
+            && status != ActorStatus::Failed
+            && chrono::Utc::now().timestamp_millis() < self.failed_until_ms.load(Ordering::Relaxed)
+        {
+            return;
+        }
         self.status.store(status.as_u8(), Ordering::Relaxed);
     }
 
@@ -72,10 +92,49 @@ impl ActorStats {
         ActorStatus::from_u8(self.status.load(Ordering::Relaxed))
     }
 
-    /// Counts a supervisor restart.
-    pub fn restarted(&self) {
+    /// Counts a supervisor restart (call from `Supervised::restarting`) and decides,
+    /// by the restart policy, how long the actor waits before resuming work: see
+    /// [`Self::restart_delay`].
+    pub fn restarted(&self) -> RestartDecision {
         self.restarts.fetch_add(1, Ordering::Relaxed);
-        self.set_status(ActorStatus::Restarting);
+        let decision = match self.history.lock() {
+            Ok(mut history) => {
+                history.record(&self.policy, Instant::now(), &mut rand::thread_rng())
+            }
+            Err(_) => RestartDecision::Restart(self.policy.backoff.cap),
+        };
+        let delay = match decision {
+            RestartDecision::Restart(delay) => {
+                self.set_status(ActorStatus::Restarting);
+                delay
+            }
+            RestartDecision::Failed(cooldown) => {
+                let until = chrono::Utc::now().timestamp_millis()
+                    + i64::try_from(cooldown.as_millis()).unwrap_or(i64::MAX / 2);
+                self.failed_until_ms.store(until, Ordering::Relaxed);
+                self.status
+                    .store(ActorStatus::Failed.as_u8(), Ordering::Relaxed);
+                error!(
+                    actor = %self.name,
+                    max_restarts = self.policy.max_restarts,
+                    window_secs = self.policy.window.as_secs(),
+                    cooldown_secs = cooldown.as_secs(),
+                    "actor over its restart budget: failed until the cool-down ends"
+                );
+                cooldown
+            }
+        };
+        self.restart_delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        decision
+    }
+
+    /// How long to wait before resuming work after the last restart (zero on the
+    /// first start). Actors with a work loop wait this long in `started`.
+    pub fn restart_delay(&self) -> Duration {
+        Duration::from_millis(self.restart_delay_ms.load(Ordering::Relaxed))
     }
 
     /// Counts handled items.
@@ -158,12 +217,21 @@ pub struct ActorSnapshot {
 #[derive(Debug, Default, Clone)]
 pub struct HealthBoard {
     actors: Arc<RwLock<Vec<Arc<ActorStats>>>>,
+    policy: RestartPolicy,
 }
 
 impl HealthBoard {
-    /// An empty board.
+    /// An empty board with the default restart policy.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty board whose actors restart by `policy`.
+    pub fn with_policy(policy: RestartPolicy) -> Self {
+        Self {
+            actors: Arc::default(),
+            policy,
+        }
     }
 
     /// Registers an actor (once, at wiring time) and returns its stats handle.
@@ -183,6 +251,10 @@ impl HealthBoard {
             failed: AtomicU64::new(0),
             last_heartbeat_ms: AtomicI64::new(0),
             details: Mutex::new(Map::new()),
+            policy: self.policy,
+            history: Mutex::new(RestartHistory::default()),
+            restart_delay_ms: AtomicU64::new(0),
+            failed_until_ms: AtomicI64::new(0),
         });
         if let Ok(mut actors) = self.actors.write() {
             actors.push(Arc::clone(&stats));
@@ -198,13 +270,20 @@ impl HealthBoard {
             .unwrap_or_default()
     }
 
-    /// Why the node is not ready, if it is not: critical actors that are not running or
-    /// whose heartbeat is older than `stale_after_ms`.
+    /// Why the node is not ready, if it is not: any actor over its restart budget, and
+    /// critical actors that are not running or whose heartbeat is older than
+    /// `stale_after_ms`.
     pub fn unready_reasons(&self, stale_after_ms: u64) -> Vec<String> {
         self.snapshot()
             .into_iter()
-            .filter(|a| a.critical)
+            .filter(|a| a.critical || a.status == ActorStatus::Failed)
             .filter_map(|a| match (a.status, a.last_heartbeat_age_ms) {
+                (ActorStatus::Failed, _) => Some(format!(
+                    "actor {} failed: restarted more than {} times in {} s",
+                    a.name,
+                    self.policy.max_restarts,
+                    self.policy.window.as_secs()
+                )),
                 (ActorStatus::Running | ActorStatus::Degraded, Some(age))
                     if age <= stale_after_ms =>
                 {

@@ -76,11 +76,13 @@ impl Actor for Janitor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.stats.set_status(ActorStatus::Running);
-        self.stats.heartbeat();
-        ctx.run_interval(Duration::from_secs(1), |act, _| act.stats.heartbeat());
-        ctx.run_interval(self.interval, Self::sweep);
-        self.sweep(ctx);
+        ctx.run_later(self.stats.restart_delay(), |act, ctx| {
+            act.stats.set_status(ActorStatus::Running);
+            act.stats.heartbeat();
+            ctx.run_interval(Duration::from_secs(1), |act, _| act.stats.heartbeat());
+            ctx.run_interval(act.interval, Self::sweep);
+            act.sweep(ctx);
+        });
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {

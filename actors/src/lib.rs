@@ -11,14 +11,18 @@
 //! - [`ports`]: `Store`, `Bus`, `MailTransport`, `RegistryMirror` — what the actors
 //!   need from outside.
 //! - [`health`]: the per-actor status board behind `/api/health/actors` and `/readyz`.
+//! - [`supervisor`]: restart pacing and the restart budget behind `failed`.
 //! - [`backoff`]: exponential backoff with full jitter, shared by retrying actors.
 //! - [`pump`]: the batch-draining loop shared by the outbox relay and the mailer.
 //! - Actors, one per file: [`session`] (`WsSession`), [`registry`] (`Registry`),
 //!   [`writer`] (`NotificationWriter`), [`consumer`] (`Consumer`, one per topic),
-//!   [`outbox_relay`] (`OutboxRelay`), [`mailer`] (`Mailer`), [`janitor`] (`Janitor`).
-//! - Topic handlers the consumers run: [`welcome`] (`user.created`) and [`delivery`]
-//!   (`notifications`).
+//!   [`outbox_relay`] (`OutboxRelay`), [`mailer`] (`Mailer`), [`janitor`] (`Janitor`),
+//!   [`metrics`] (`Metrics`), [`activity`] (`ActivityTracker`).
+//! - Topic handlers the consumers run: [`welcome`] (`user.created`), [`delivery`]
+//!   (`notifications`) and [`analytics`] (`user.activity`, `api.hit`).
 
+pub mod activity;
+pub mod analytics;
 pub mod backoff;
 pub mod consumer;
 pub mod delivery;
@@ -33,5 +37,6 @@ pub mod ports;
 pub mod pump;
 pub mod registry;
 pub mod session;
+pub mod supervisor;
 pub mod welcome;
 pub mod writer;

@@ -14,6 +14,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::health::{ActorStats, ActorStatus, HealthBoard};
+use crate::ports::ActivityStore;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -194,6 +195,17 @@ impl SlidingWindow {
     }
 }
 
+/// How often the DAU/MAU gauges are re-read from the counters.
+pub const ACTIVE_USERS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Where the DAU and MAU gauges come from: the counter store and the days each covers.
+pub struct ActiveUsersSource {
+    /// The counters.
+    pub store: Arc<dyn ActivityStore>,
+    /// The days of the current month window, today first (computed on each refresh).
+    pub mau_days: fn(chrono::NaiveDate) -> Vec<chrono::NaiveDate>,
+}
+
 /// The metrics aggregator.
 pub struct Metrics {
     hot: Arc<HotCounters>,
@@ -202,6 +214,10 @@ pub struct Metrics {
     requests: HashMap<(String, u16), u64>,
     latency: HashMap<String, Histogram>,
     window: SlidingWindow,
+    active_users: Option<Arc<ActiveUsersSource>>,
+    /// Last DAU and MAU read, for the exposition.
+    dau: Option<u64>,
+    mau: Option<u64>,
 }
 
 impl Metrics {
@@ -214,7 +230,36 @@ impl Metrics {
             requests: HashMap::new(),
             latency: HashMap::new(),
             window: SlidingWindow::default(),
+            active_users: None,
+            dau: None,
+            mau: None,
         }
+    }
+
+    /// Also exposes DAU and MAU read from `source`.
+    pub fn with_active_users(mut self, source: ActiveUsersSource) -> Self {
+        self.active_users = Some(Arc::new(source));
+        self
+    }
+
+    fn refresh_active_users(&mut self, ctx: &mut Context<Self>) {
+        let Some(source) = self.active_users.clone() else {
+            return;
+        };
+        ctx.spawn(
+            async move {
+                let today = chrono::Utc::now().date_naive();
+                let dau = source.store.distinct(&[today]).await.ok();
+                let mau = source.store.distinct(&(source.mau_days)(today)).await.ok();
+                (dau, mau)
+            }
+            .into_actor(self)
+            .map(|(dau, mau), act, _| {
+                // Keep the last good value when the counters are briefly unreachable.
+                act.dau = dau.or(act.dau);
+                act.mau = mau.or(act.mau);
+            }),
+        );
     }
 
     fn render(&self) -> String {
@@ -364,6 +409,24 @@ impl Metrics {
                 );
             }
         }
+        if let Some(dau) = self.dau {
+            header(
+                &mut out,
+                "herald_dau",
+                "gauge",
+                "Distinct users active today (UTC), HyperLogLog estimate.",
+            );
+            let _ = writeln!(out, "herald_dau {dau}");
+        }
+        if let Some(mau) = self.mau {
+            header(
+                &mut out,
+                "herald_mau",
+                "gauge",
+                "Distinct users active in the last 30 days, HyperLogLog estimate.",
+            );
+            let _ = writeln!(out, "herald_mau {mau}");
+        }
         if let Some(mailer) = actors.iter().find(|a| a.kind == "Mailer") {
             header(
                 &mut out,
@@ -420,6 +483,10 @@ impl Actor for Metrics {
         ctx.run_interval(Duration::from_secs(1), |act, _| {
             act.stats.heartbeat();
             act.stats.set_detail("routes", act.latency.len());
+        });
+        self.refresh_active_users(ctx);
+        ctx.run_interval(ACTIVE_USERS_REFRESH, |act, ctx| {
+            act.refresh_active_users(ctx)
         });
     }
 

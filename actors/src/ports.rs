@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::domain::{
     BusMessage, Email, MailJob, NewNotification, Notification, NotificationId, OutboxEvent, Topic,
@@ -154,6 +154,20 @@ pub trait Store: Send + Sync + 'static {
         retry_at: Option<DateTime<Utc>>,
         error: &str,
     ) -> Result<(), StoreError>;
+}
+
+/// Distinct active users per UTC day, as HyperLogLog sketches: Redis in production so
+/// every node counts into the same keys, an in-process sketch persisted in SQLite when
+/// embedded.
+#[async_trait]
+pub trait ActivityStore: Send + Sync + 'static {
+    /// Counts `users` as active on `day` (`PFADD`). Counting a user twice changes
+    /// nothing, so a redelivered event is harmless.
+    async fn record(&self, day: NaiveDate, users: &[&str]) -> Result<(), StoreError>;
+
+    /// The estimated number of distinct users active on any of `days` (`PFCOUNT`, or
+    /// `PFMERGE` then `PFCOUNT` for several days).
+    async fn distinct(&self, days: &[NaiveDate]) -> Result<u64, StoreError>;
 }
 
 /// Bus errors; all are transient from the caller's point of view.

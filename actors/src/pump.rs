@@ -29,10 +29,24 @@ pub trait BatchDrainer: Actor<Context = Context<Self>> + Handler<Nudge> {
     fn batch(&self) -> BoxFuture<'static, bool>;
 }
 
-/// Call from `started`: marks the actor running, starts heartbeat and polling, and
-/// drains once.
+/// Call from `started`: after the supervisor's restart delay (none on the first
+/// start), marks the actor running, starts heartbeat and polling, and drains once.
 pub fn start<A: BatchDrainer>(actor: &mut A, ctx: &mut Context<A>) {
     *actor.pump() = Pump::default();
+    let delay = actor.stats().restart_delay();
+    if delay.is_zero() {
+        resume(actor, ctx);
+    } else {
+        // Nudges arriving meanwhile are remembered, not run.
+        actor.pump().busy = true;
+        ctx.run_later(delay, |act, ctx| {
+            act.pump().busy = false;
+            resume(act, ctx);
+        });
+    }
+}
+
+fn resume<A: BatchDrainer>(actor: &mut A, ctx: &mut Context<A>) {
     actor.stats().set_status(ActorStatus::Running);
     actor.stats().heartbeat();
     ctx.run_interval(actor.poll_interval(), |act, ctx| {

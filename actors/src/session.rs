@@ -14,11 +14,12 @@ use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use tracing::{debug, warn};
 
-use crate::domain::{Notification, NotificationId, UserId};
+use crate::activity::RecordActivity;
+use crate::domain::{ActivitySource, Notification, NotificationId, UserId};
 use crate::messages::{CloseSession, Connect, Disconnect, Push, SessionId};
 use crate::metrics::HotCounters;
 use crate::ports::Store;
@@ -102,6 +103,10 @@ pub struct WsSession {
     /// `?after=` on the upgrade: replay from there before going live.
     initial_after: Option<NotificationId>,
     registered: bool,
+    /// Where activity is reported (DAU/MAU).
+    activity: Recipient<RecordActivity>,
+    /// The UTC day activity was last reported for: at most one report a day.
+    activity_day: Option<NaiveDate>,
 }
 
 impl WsSession {
@@ -112,6 +117,7 @@ impl WsSession {
         store: Arc<dyn Store>,
         config: SessionConfig,
         counters: Arc<HotCounters>,
+        activity: Recipient<RecordActivity>,
         initial_after: Option<NotificationId>,
     ) -> Self {
         Self {
@@ -126,6 +132,8 @@ impl WsSession {
             last_sent: None,
             fragments: None,
             initial_after,
+            activity,
+            activity_day: None,
             registered: false,
         }
     }
@@ -284,7 +292,24 @@ impl WsSession {
         }
     }
 
+    /// Reports the user active, once per UTC day per session.
+    fn report_activity(&mut self, source: ActivitySource) {
+        let Admission::Accepted { user_id, .. } = &self.admission else {
+            return;
+        };
+        let today = Utc::now().date_naive();
+        if self.activity_day != Some(today) {
+            self.activity_day = Some(today);
+            // Counting is best effort: a full tracker mailbox must not slow the socket.
+            let _ = self.activity.try_send(RecordActivity {
+                user: *user_id,
+                source,
+            });
+        }
+    }
+
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        self.report_activity(ActivitySource::Message);
         match serde_json::from_str::<ClientFrame>(text) {
             Ok(ClientFrame::Ping) => ctx.text(r#"{"type":"pong"}"#),
             Ok(ClientFrame::Resume { after }) if after < 0 => Self::send_error(
@@ -349,6 +374,7 @@ impl Actor for WsSession {
         self.counters
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
+        self.report_activity(ActivitySource::Connect);
         self.registry
             .send(connect)
             .into_actor(self)

@@ -6,15 +6,17 @@ use actix::Addr;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest};
 
+use herald_actors::activity::ActivityTracker;
 use herald_actors::health::HealthBoard;
 use herald_actors::outbox_relay::OutboxRelay;
-use herald_actors::ports::Store;
+use herald_actors::ports::{ActivityStore, Bus, Store};
 use herald_actors::registry::Registry;
 use herald_actors::session::SessionConfig;
 use herald_actors::writer::NotificationWriter;
 
 use crate::auth::jwt::{Claims, TokenService};
 
+pub mod activity;
 pub mod idempotency;
 pub mod json;
 pub mod notifications;
@@ -25,6 +27,15 @@ pub mod users;
 pub mod ws;
 
 use problem::ApiError;
+
+/// Actors no handler talks to. Their addresses are kept here because actix restarts a
+/// supervised actor only while some address to it is alive.
+pub struct Daemons {
+    /// One consumer per topic.
+    pub consumers: Vec<Addr<herald_actors::consumer::Consumer>>,
+    /// Store housekeeping.
+    pub janitor: Addr<herald_actors::janitor::Janitor>,
+}
 
 /// What handlers share: ports, actor addresses and settings they need per request.
 pub struct AppState {
@@ -54,6 +65,14 @@ pub struct AppState {
     pub counters: Arc<herald_actors::metrics::HotCounters>,
     /// The metrics aggregator.
     pub metrics: Addr<herald_actors::metrics::Metrics>,
+    /// Background actors, kept restartable.
+    pub daemons: Daemons,
+    /// The bus, for events the API publishes directly (`api.hit`).
+    pub bus: Arc<dyn Bus>,
+    /// DAU/MAU counters.
+    pub activity: Arc<dyn ActivityStore>,
+    /// Where logins and sessions report activity.
+    pub activity_tracker: Addr<ActivityTracker>,
     /// The Kafka bus in production mode (checked by `/readyz`).
     pub kafka: Option<Arc<crate::backends::bus::kafka::KafkaBus>>,
 }
@@ -61,6 +80,7 @@ pub struct AppState {
 /// Mounts every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(users::configure)
+        .configure(activity::configure)
         .configure(notifications::configure)
         .configure(ws::configure)
         .configure(ops::configure);

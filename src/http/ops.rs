@@ -4,6 +4,9 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use herald_actors::metrics::{GetQps, RenderPrometheus};
+use herald_actors::ports::StoreError;
+
+use crate::backends::analytics::mau_days;
 
 use super::problem::{ApiError, PROBLEM_JSON};
 use super::AppState;
@@ -99,15 +102,22 @@ async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         .body(text))
 }
 
-/// Request rates and open connections.
+/// Request rates, distinct active users and open connections. DAU is today (UTC);
+/// MAU the last 30 days, today included.
 async fn analytics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let qps = state
-        .metrics
-        .send(GetQps)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("metrics: {e}")))?;
+    let today = chrono::Utc::now().date_naive();
+    let (day, month) = ([today], mau_days(today));
+    let (qps, dau, mau) = tokio::join!(
+        state.metrics.send(GetQps),
+        state.activity.distinct(&day),
+        state.activity.distinct(&month),
+    );
+    let qps = qps.map_err(|e| ApiError::Unavailable(format!("metrics: {e}")))?;
+    let unavailable = |e: StoreError| ApiError::Unavailable(format!("activity counters: {e}"));
     Ok(HttpResponse::Ok().json(json!({
         "qps": qps,
+        "dau": dau.map_err(unavailable)?,
+        "mau": mau.map_err(unavailable)?,
         "connections": state.counters.connections(),
     })))
 }

@@ -10,7 +10,10 @@ use serde_json::json;
 use tracing::{info, instrument};
 use uuid::Uuid;
 
-use herald_actors::domain::{Email, OutboxEvent, Topic, User, UserCreated, UserId, UserName};
+use herald_actors::activity::RecordActivity;
+use herald_actors::domain::{
+    ActivitySource, Email, OutboxEvent, Topic, User, UserCreated, UserId, UserName,
+};
 use herald_actors::messages::Nudge;
 use herald_actors::ports::StoreError;
 
@@ -217,6 +220,11 @@ async fn login(
     let user = user
         .filter(|_| verified)
         .ok_or(ApiError::InvalidCredentials)?;
+    // Counting is best effort: a full tracker mailbox must not fail a login.
+    let _ = state.activity_tracker.try_send(RecordActivity {
+        user: user.id,
+        source: ActivitySource::Login,
+    });
     let token = state
         .tokens
         .issue(user.id, "", state.token_ttl_secs)

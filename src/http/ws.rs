@@ -88,6 +88,7 @@ async fn connect(
         Arc::clone(&state.store),
         state.session.clone(),
         Arc::clone(&state.counters),
+        state.activity_tracker.clone().recipient(),
         after,
     );
     session::start(session, &req, stream)

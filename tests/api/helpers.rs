@@ -15,7 +15,7 @@ use tokio::time::{timeout, Instant};
 
 use herald::auth::jwt::TokenService;
 use herald::config::Settings;
-use herald::startup::Application;
+use herald::startup::{Application, Hooks};
 use herald_actors::domain::UserId;
 
 /// The token secret every test app uses, so tests can mint tokens.
@@ -70,13 +70,18 @@ pub async fn spawn_app() -> TestApp {
 /// Starts a node in the mode the suite runs in (`HERALD_TEST_MODE`, see
 /// [`production`]), after `tweak` adjusted its settings.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_with_hooks(tweak, Hooks::default()).await
+}
+
+/// [`spawn_app_with`], with `hooks` (fault injection) applied to the node.
+pub async fn spawn_app_with_hooks(tweak: impl FnOnce(&mut Settings), hooks: Hooks) -> TestApp {
     if production() {
-        spawn_production_app_with(tweak).await
+        spawn_production_app_with_hooks(tweak, hooks).await
     } else {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = test_settings(dir.path());
         tweak(&mut settings);
-        let mut app = start(settings).await;
+        let mut app = start_with(settings, hooks).await;
         app._dir = Some(dir);
         app
     }
@@ -85,12 +90,19 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
 /// Starts a production-mode node (PostgreSQL, Kafka, Redis, SMTP) whatever the suite's
 /// mode, and waits until pushes flow.
 pub async fn spawn_production_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_production_app_with_hooks(tweak, Hooks::default()).await
+}
+
+async fn spawn_production_app_with_hooks(
+    tweak: impl FnOnce(&mut Settings),
+    hooks: Hooks,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let backdrop = std::sync::Arc::new(Backdrop::create().await);
     let mut settings = test_settings(dir.path());
     backdrop.apply(&mut settings);
     tweak(&mut settings);
-    let mut app = start(settings).await;
+    let mut app = start_with(settings, hooks).await;
     app._dir = Some(dir);
     app.backdrop = Some(backdrop);
     app.wait_for_delivery().await;
@@ -102,10 +114,13 @@ pub fn production() -> bool {
     std::env::var("HERALD_TEST_MODE").is_ok_and(|m| m == "production")
 }
 
-/// Starts a node with exactly these settings (the caller owns the data dir).
-pub async fn start(settings: Settings) -> TestApp {
+/// Starts a node with exactly these settings and `hooks` (the caller owns the data
+/// dir).
+pub async fn start_with(settings: Settings, hooks: Hooks) -> TestApp {
     let data_dir = settings.server.data_dir.clone();
-    let app = Application::build(settings).await.expect("app builds");
+    let app = Application::build_with(settings, hooks)
+        .await
+        .expect("app builds");
     let port = app.port();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
@@ -430,6 +445,8 @@ pub struct Backdrop {
     pub db: PgTestDb,
     pub sink: crate::smtp_sink::SmtpSink,
     pub topic_prefix: String,
+    /// Prefix of this test's DAU/MAU keys in the shared Redis.
+    pub counter_prefix: String,
 }
 
 impl Backdrop {
@@ -438,6 +455,7 @@ impl Backdrop {
             db: PgTestDb::create().await,
             sink: crate::smtp_sink::SmtpSink::start().await,
             topic_prefix: format!("t{}.", uuid::Uuid::new_v4().simple()),
+            counter_prefix: format!("herald-test-{}", uuid::Uuid::new_v4().simple()),
         }
     }
 
@@ -449,6 +467,7 @@ impl Backdrop {
         settings.kafka.topic_prefix = self.topic_prefix.clone();
         settings.kafka.partitions = 2;
         settings.redis.url = Some(redis_url());
+        settings.redis.counter_prefix = self.counter_prefix.clone();
         settings.smtp.host = Some("127.0.0.1".into());
         settings.smtp.port = self.sink.port;
         settings.smtp.tls = herald::backends::mail::smtp::TlsMode::None;
@@ -464,6 +483,7 @@ impl Backdrop {
             ("HERALD__KAFKA__TOPIC_PREFIX", self.topic_prefix.clone()),
             ("HERALD__KAFKA__PARTITIONS", "2".to_owned()),
             ("HERALD__REDIS__URL", redis_url()),
+            ("HERALD__REDIS__COUNTER_PREFIX", self.counter_prefix.clone()),
             ("HERALD__SMTP__HOST", "127.0.0.1".to_owned()),
             ("HERALD__SMTP__PORT", self.sink.port.to_string()),
             ("HERALD__SMTP__TLS", "none".to_owned()),
@@ -634,6 +654,8 @@ pub fn herald_command(dir: &Path) -> Command {
 pub struct Node {
     child: Child,
     pub app: TestApp,
+    /// Every line the node wrote to stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Node {
@@ -673,15 +695,22 @@ impl Node {
             .expect("herald binary starts");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = std::sync::Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("herald listening") {
-                    let port = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("port="))
-                        .and_then(|p| p.parse::<u16>().ok());
+                    // Text (`port=N`) or JSON (`"port":N`) log lines.
+                    let port = match serde_json::from_str::<Value>(&line) {
+                        Ok(json) => json["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
+                        Err(_) => line
+                            .split_whitespace()
+                            .find_map(|w| w.strip_prefix("port="))
+                            .and_then(|p| p.parse::<u16>().ok()),
+                    };
                     let _ = tx.send(port);
                 }
+                lines.lock().expect("log lines").push(line);
             }
         });
         let port = rx
@@ -691,6 +720,7 @@ impl Node {
         Self {
             child,
             app: TestApp::external(port, data_dir),
+            log,
         }
     }
 

@@ -7,6 +7,7 @@
     reason = "a test should fail loudly at the first broken expectation"
 )]
 
+mod analytics;
 mod bad_input;
 mod cli;
 mod hardening;
@@ -19,5 +20,6 @@ mod restart;
 mod resume;
 mod smtp_sink;
 mod store;
+mod supervision;
 mod users;
 mod websocket;

@@ -152,3 +152,76 @@ async fn pushes_connections_and_rates_show_up() {
         1.0
     );
 }
+
+#[actix_web::test]
+async fn every_response_carries_a_request_id_and_sane_client_ids_are_kept() {
+    let app = spawn_app().await;
+    let fresh = app.get("/livez", None).await;
+    let id = fresh.headers.get("x-request-id").unwrap().to_str().unwrap();
+    assert_eq!(id.len(), 32, "{id}");
+    let other = app.get("/api/nowhere", None).await;
+    assert_eq!(other.status, 404);
+    assert_ne!(
+        other.headers.get("x-request-id").unwrap().to_str().unwrap(),
+        id
+    );
+
+    let get_with = |value: &'static str| {
+        let app = &app;
+        async move {
+            let res = crate::helpers::client()
+                .get(app.url("/livez"))
+                .insert_header(("X-Request-Id", value))
+                .send()
+                .await
+                .unwrap();
+            res.headers()
+                .get("x-request-id")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(get_with("lb-7f3a.1").await, "lb-7f3a.1");
+    // Ids that could forge log lines or bloat them are replaced.
+    for bad in [
+        "two words",
+        "a\"quote",
+        "x-very-long-id-x-very-long-id-x-very-long-id-x-very-long-id-x-very-long",
+    ] {
+        assert_ne!(get_with(bad).await, bad);
+    }
+}
+
+#[actix_web::test]
+async fn log_lines_of_a_request_name_its_request_id_and_never_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = crate::helpers::Node::start_on(dir.path(), None, &[]);
+    let password = "correct horse battery staple";
+    let reply = node
+        .app
+        .signup(
+            &json!({ "email": "logs@example.com", "name": "Ada", "password": password }),
+            Some("log-key"),
+        )
+        .await;
+    assert_eq!(reply.status, 201);
+    let id = reply
+        .headers
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let line = node
+        .app
+        .eventually("the signup's log line", || async {
+            let log = node.log.lock().unwrap();
+            log.iter().find(|l| l.contains("user signed up")).cloned()
+        })
+        .await;
+    assert!(line.contains(&format!("request_id={id}")), "{line}");
+    let log = node.log.lock().unwrap().join("\n");
+    assert!(!log.contains(password));
+}

@@ -201,3 +201,91 @@ async fn production_a_node_killed_while_handling_user_created_welcomes_once_afte
     assert_eq!(welcomes().await, 1, "one welcome notification");
     assert_eq!(app.mails().len(), 1, "one welcome email");
 }
+
+#[actix_web::test]
+async fn production_logs_are_json_lines_that_name_the_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let backdrop = std::sync::Arc::new(Backdrop::create().await);
+    let node = Node::start_on(dir.path(), Some(backdrop), &[]);
+    let reply = node
+        .app
+        .signup(
+            &json!({ "email": "json-logs@example.com", "name": "Ada", "password": "correct horse battery" }),
+            Some("json-log-key"),
+        )
+        .await;
+    assert_eq!(reply.status, 201);
+    let id = reply
+        .headers
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let line = node
+        .app
+        .eventually("the signup's log line", || async {
+            let log = node.log.lock().unwrap();
+            log.iter().find(|l| l.contains("user signed up")).cloned()
+        })
+        .await;
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    let spans = event["spans"].as_array().expect("the enclosing spans");
+    assert!(
+        spans.iter().any(|s| s["request_id"] == id.as_str()),
+        "{line}"
+    );
+    for line in node.log.lock().unwrap().iter() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+    }
+}
+
+#[actix_web::test]
+async fn production_api_hits_produced_to_kafka_count_into_the_shared_redis_dau() {
+    use deadpool_redis::redis::AsyncCommands;
+
+    let app = production_app().await;
+    let backdrop = app.backdrop.clone().unwrap();
+    let bus = backdrop.bus();
+    for (key, body) in [
+        ("a", json!({ "user_id": "kafka-a" })),
+        (
+            "b",
+            json!({ "user_ids": ["kafka-b", "kafka-c", "kafka-a"] }),
+        ),
+    ] {
+        bus.publish(Topic::ApiHit, key, Bytes::from(body.to_string()))
+            .await
+            .unwrap();
+    }
+    // The documented key, which every node counts into.
+    let key = format!(
+        "{}:dau:{}",
+        backdrop.counter_prefix,
+        chrono::Utc::now().date_naive().format("%Y-%m-%d")
+    );
+    let mut redis = deadpool_redis::redis::Client::open(crate::helpers::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Both events handled by the api.hit consumer…
+    app.eventually("the api.hit events to be handled", || async {
+        let health = app.get("/api/health/actors", None).await;
+        let processed = health.body["actors"]
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == "consumer:api.hit")?["processed"]
+            .as_u64()?;
+        (processed >= 2).then_some(())
+    })
+    .await;
+    // …and counted in Redis: three users, plus the socket the set-up probe opened.
+    let direct: u64 = redis.pfcount(&key).await.unwrap();
+    assert!((3..=4).contains(&direct), "PFCOUNT {key} = {direct}");
+    let dau = app.get("/api/analytics", None).await.body["dau"]
+        .as_u64()
+        .unwrap();
+    assert!((direct..=4).contains(&dau), "DAU {dau}, PFCOUNT {direct}");
+}

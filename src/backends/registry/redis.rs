@@ -66,6 +66,11 @@ impl RedisMirror {
         })
     }
 
+    /// The connection pool, shared with the DAU/MAU counters.
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
     /// This node's id.
     pub fn node(&self) -> &str {
         &self.node

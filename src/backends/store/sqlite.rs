@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "bus",
         include_str!("../../../migrations/sqlite/0005_bus.sql"),
     ),
+    (
+        6,
+        "activity",
+        include_str!("../../../migrations/sqlite/0006_activity.sql"),
+    ),
 ];
 
 /// Read connections kept open.
