@@ -13,6 +13,8 @@ use herald_actors::mailer::MailerConfig;
 use herald_actors::session::SessionConfig;
 use herald_actors::supervisor::RestartPolicy;
 
+use crate::http::rate_limit::{Limiter, Network, Quota, RateLimits};
+
 /// Errors while loading configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -65,6 +67,44 @@ pub struct Settings {
     pub history: HistorySettings,
     /// Actor restarts.
     pub supervisor: SupervisorSettings,
+    /// Per-client-IP request limits.
+    pub rate_limit: RateLimitSettings,
+}
+
+/// `[rate_limit]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// Turns every limit off (e.g. behind a gateway that limits already).
+    pub enabled: bool,
+    /// Requests a minute per client IP to any API route (probes and `/metrics` are not
+    /// limited); a client may burst up to the whole quota.
+    pub api_per_minute: u32,
+    /// Signups a minute per client IP.
+    pub signup_per_minute: u32,
+    /// Login attempts a minute per client IP.
+    pub login_per_minute: u32,
+    /// New WebSocket connections a minute per client IP.
+    pub ws_connects_per_minute: u32,
+    /// Client IPs remembered per policy; memory stays bounded under a flood of
+    /// distinct addresses.
+    pub max_tracked_ips: usize,
+    /// Proxies (addresses or CIDR networks) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            api_per_minute: 100,
+            signup_per_minute: 10,
+            login_per_minute: 20,
+            ws_connects_per_minute: 60,
+            max_tracked_ips: 100_000,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 /// `[supervisor]`.
@@ -484,6 +524,32 @@ impl Settings {
             outbound_queue: self.websocket.outbound_queue,
             replay_page: self.websocket.replay_page.clamp(1, 10_000),
         }
+    }
+
+    /// The rate limiters, or `None` when limiting is off.
+    ///
+    /// # Errors
+    /// A trusted proxy that is not an address or CIDR network.
+    pub fn rate_limits(&self) -> Result<Option<RateLimits>, ConfigError> {
+        let r = &self.rate_limit;
+        if !r.enabled {
+            return Ok(None);
+        }
+        let trusted_proxies = r
+            .trusted_proxies
+            .iter()
+            .map(|p| p.parse::<Network>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::Value(format!("rate_limit.trusted_proxies: {e}")))?;
+        let limiter =
+            |name, per_minute| Limiter::new(name, Quota::per_minute(per_minute), r.max_tracked_ips);
+        Ok(Some(RateLimits {
+            api: limiter("api", r.api_per_minute),
+            signup: limiter("signup", r.signup_per_minute),
+            login: limiter("login", r.login_per_minute),
+            ws: limiter("ws", r.ws_connects_per_minute),
+            trusted_proxies,
+        }))
     }
 
     /// The actors' restart policy.

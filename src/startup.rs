@@ -381,6 +381,7 @@ impl Application {
 
         let state = web::Data::new(AppState {
             bus: Arc::clone(&bus),
+            rate_limits: settings.rate_limits()?,
             daemons: http::Daemons {
                 consumers: consumer_addrs,
                 janitor,
@@ -410,6 +411,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .wrap(ErrorHandlers::new().default_handler(normalize_error))
+                .wrap(from_fn(http::rate_limit::limit_requests))
                 .wrap(from_fn(http::observe::observe_requests))
                 .configure(http::configure)
                 .default_service(web::to(|| async {

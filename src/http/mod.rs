@@ -23,6 +23,7 @@ pub mod notifications;
 pub mod observe;
 pub mod ops;
 pub mod problem;
+pub mod rate_limit;
 pub mod users;
 pub mod ws;
 
@@ -65,6 +66,8 @@ pub struct AppState {
     pub counters: Arc<herald_actors::metrics::HotCounters>,
     /// The metrics aggregator.
     pub metrics: Addr<herald_actors::metrics::Metrics>,
+    /// Per-client-IP limits (`None` when off).
+    pub rate_limits: Option<rate_limit::RateLimits>,
     /// Background actors, kept restartable.
     pub daemons: Daemons,
     /// The bus, for events the API publishes directly (`api.hit`).

@@ -74,6 +74,12 @@ pub enum ApiError {
     /// No such route or resource.
     #[error("{0}")]
     NotFound(String),
+    /// The client sent more requests than its rate limit allows.
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until a request will pass again (`Retry-After`).
+        retry_after_secs: u64,
+    },
     /// A backend is down; retrying later may work.
     #[error("a backend is unavailable; retry later")]
     Unavailable(String),
@@ -99,6 +105,7 @@ impl ApiError {
             Self::Unauthorized(_) => "unauthorized",
             Self::InsufficientScope(_) => "insufficient_scope",
             Self::NotFound(_) => "not_found",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable(_) => "service_unavailable",
             Self::Unexpected(_) => "internal_error",
         }
@@ -119,6 +126,7 @@ impl ApiError {
             Self::Unauthorized(_) => "Unauthorized",
             Self::InsufficientScope(_) => "Forbidden",
             Self::NotFound(_) => "Not found",
+            Self::RateLimited { .. } => "Too many requests",
             Self::Unavailable(_) => "Service unavailable",
             Self::Unexpected(_) => "Internal server error",
         }
@@ -182,6 +190,7 @@ impl ResponseError for ApiError {
             Self::InvalidCredentials | Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -195,6 +204,9 @@ impl ResponseError for ApiError {
         }
         let mut response = HttpResponse::build(self.status_code());
         response.content_type(PROBLEM_JSON);
+        if let Self::RateLimited { retry_after_secs } = self {
+            response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
         if matches!(self, Self::Unauthorized(_) | Self::InvalidCredentials) {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }

@@ -15,6 +15,7 @@ mod helpers;
 mod mail;
 mod metrics;
 mod production;
+mod rate_limit;
 mod redis;
 mod restart;
 mod resume;

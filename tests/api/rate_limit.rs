@@ -1,0 +1,229 @@
+//! Per-IP rate limiting over real sockets: the 101st request in a minute gets 429 with
+//! the headers, another address is unaffected, a forged `X-Forwarded-For` changes
+//! nothing unless a trusted proxy sent it, and requests pass again after `Retry-After`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::helpers::{spawn_app_with, TestApp};
+
+/// A raw HTTP/1.1 response: status and lower-cased headers.
+struct RawReply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl RawReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `GET path` from the loopback address `source` (e.g. 127.0.0.2) with extra
+/// header lines, on a fresh connection (blocking I/O off the test's event loop).
+async fn get_from(app: &TestApp, source: &str, path: &str, extra: &[(&str, &str)]) -> RawReply {
+    let (port, source, path) = (app.port, source.to_owned(), path.to_owned());
+    let extra: Vec<(String, String)> = extra
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    tokio::task::spawn_blocking(move || raw_get(port, &source, &path, &extra))
+        .await
+        .unwrap()
+}
+
+fn raw_get(port: u16, source: &str, path: &str, extra: &[(String, String)]) -> RawReply {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    socket.connect(&server.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in extra {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
+        .collect();
+    RawReply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+async fn limited_app(tweak: impl FnOnce(&mut herald::config::Settings)) -> TestApp {
+    spawn_app_with(|settings| {
+        settings.rate_limit.enabled = true;
+        tweak(settings);
+    })
+    .await
+}
+
+#[actix_web::test]
+async fn the_101st_request_in_a_minute_gets_429_with_the_headers_and_passes_after_retry_after() {
+    let app = limited_app(|_| {}).await;
+    for n in 0..100 {
+        let reply = get_from(&app, "127.0.0.1", "/api/users/me", &[]).await;
+        assert_eq!(reply.status, 401, "request {n}");
+        assert_eq!(reply.header("ratelimit-policy"), Some("\"api\";q=100;w=60"));
+    }
+    let limited = get_from(&app, "127.0.0.1", "/api/users/me", &[]).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(
+        limited.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert!(
+        limited.body.contains("\"code\":\"rate_limited\""),
+        "{}",
+        limited.body
+    );
+    let retry_after: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        limited.header("ratelimit-policy"),
+        Some("\"api\";q=100;w=60")
+    );
+    assert!(limited
+        .header("ratelimit")
+        .unwrap()
+        .starts_with("\"api\";r=0;t="));
+
+    // Another address has its own quota; a forged X-Forwarded-For from an untrusted
+    // peer does not move the limited one to a fresh key.
+    assert_eq!(
+        get_from(&app, "127.0.0.2", "/api/users/me", &[])
+            .await
+            .status,
+        401
+    );
+    let forged = get_from(
+        &app,
+        "127.0.0.1",
+        "/api/users/me",
+        &[("X-Forwarded-For", "203.0.113.77")],
+    )
+    .await;
+    assert_eq!(forged.status, 429);
+    // Probes and metrics are never limited.
+    assert_eq!(get_from(&app, "127.0.0.1", "/livez", &[]).await.status, 200);
+    assert_eq!(
+        get_from(&app, "127.0.0.1", "/metrics", &[]).await.status,
+        200
+    );
+
+    // Waiting what Retry-After said is enough.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    assert_eq!(
+        get_from(&app, "127.0.0.1", "/api/users/me", &[])
+            .await
+            .status,
+        401
+    );
+}
+
+#[actix_web::test]
+async fn signup_login_and_new_websockets_have_their_own_stricter_limits() {
+    let app = limited_app(|settings| {
+        settings.rate_limit.signup_per_minute = 3;
+        settings.rate_limit.login_per_minute = 2;
+        settings.rate_limit.ws_connects_per_minute = 2;
+    })
+    .await;
+    let post = |path: &'static str| {
+        let app = &app;
+        async move {
+            app.post_raw(path, "application/json", b"{}".to_vec(), &[])
+                .await
+        }
+    };
+    for _ in 0..3 {
+        assert_ne!(post("/api/users/signup").await.status, 429);
+    }
+    let signup = post("/api/users/signup").await;
+    assert_eq!(signup.status, 429);
+    assert_eq!(signup.body["code"], "rate_limited");
+    assert_eq!(
+        signup.headers.get("ratelimit-policy").unwrap(),
+        "\"signup\";q=3;w=60"
+    );
+    for _ in 0..2 {
+        assert_ne!(post("/api/users/login").await.status, 429);
+    }
+    assert_eq!(post("/api/users/login").await.status, 429);
+    // The general API quota is untouched by those.
+    assert_eq!(app.get("/api/users/me", None).await.status, 401);
+
+    let token = app
+        .tokens
+        .issue(herald_actors::domain::UserId::new(), "", 3600)
+        .unwrap();
+    for _ in 0..2 {
+        app.connect(&format!("token={token}")).await;
+    }
+    let refused = get_from(
+        &app,
+        "127.0.0.1",
+        &format!("/ws?token={token}"),
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+    )
+    .await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("ratelimit-policy"), Some("\"ws\";q=2;w=60"));
+}
+
+#[actix_web::test]
+async fn a_trusted_proxy_speaks_for_its_clients_walking_forwarded_for_from_the_right() {
+    let app = limited_app(|settings| {
+        settings.rate_limit.api_per_minute = 2;
+        settings.rate_limit.trusted_proxies = vec!["127.0.0.3".into()];
+    })
+    .await;
+    let via_proxy = |client: &'static str| {
+        let app = &app;
+        async move {
+            let chain = format!("198.51.100.1, {client}");
+            get_from(
+                app,
+                "127.0.0.3",
+                "/api/users/me",
+                &[("X-Forwarded-For", &chain)],
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(via_proxy("203.0.113.5").await, 401);
+    assert_eq!(via_proxy("203.0.113.5").await, 401);
+    assert_eq!(via_proxy("203.0.113.5").await, 429);
+    // The right-most untrusted entry is the key: another client behind the same proxy
+    // is unaffected, and the left-most (client-supplied) entry is not believed.
+    assert_eq!(via_proxy("203.0.113.6").await, 401);
+}
