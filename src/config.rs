@@ -9,6 +9,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use herald_actors::backoff::Backoff;
+use herald_actors::breaker::BreakerConfig;
 use herald_actors::mailer::MailerConfig;
 use herald_actors::session::SessionConfig;
 use herald_actors::supervisor::RestartPolicy;
@@ -220,7 +221,7 @@ pub struct SmtpSettings {
     pub username: Option<String>,
     /// Password for `username`.
     pub password: Option<SecretString>,
-    /// Timeout of each SMTP command, seconds.
+    /// Deadline of one send (connecting through the end of `DATA`), seconds.
     pub timeout_secs: u64,
 }
 
@@ -375,6 +376,43 @@ pub struct MailSettings {
     pub backoff_base_ms: u64,
     /// Backoff cap.
     pub backoff_cap_ms: u64,
+    /// The circuit breaker around the transport.
+    pub breaker: BreakerSettings,
+}
+
+/// `[mail.breaker]`: resilience4j-style circuit breaker semantics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// Calls in the count-based sliding window.
+    pub window: usize,
+    /// Calls recorded before a failure or slow-call rate is computed.
+    pub min_calls: usize,
+    /// Failure rate that opens the breaker, percent.
+    pub failure_rate_percent: u8,
+    /// Slow-call rate that opens the breaker, percent.
+    pub slow_rate_percent: u8,
+    /// A send slower than this counts as slow, milliseconds.
+    pub slow_call_ms: u64,
+    /// How long the breaker stays open, seconds.
+    pub open_secs: u64,
+    /// Trial sends while half-open: all succeed → closed, any fails → open.
+    pub half_open_calls: u32,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        let d = BreakerConfig::default();
+        Self {
+            window: d.window,
+            min_calls: d.min_calls,
+            failure_rate_percent: (d.failure_rate * 100.0) as u8,
+            slow_rate_percent: (d.slow_rate * 100.0) as u8,
+            slow_call_ms: d.slow_call.as_millis() as u64,
+            open_secs: d.open_for.as_secs(),
+            half_open_calls: d.half_open_calls,
+        }
+    }
 }
 
 impl Default for MailSettings {
@@ -385,6 +423,7 @@ impl Default for MailSettings {
             max_attempts: 8,
             backoff_base_ms: 1000,
             backoff_cap_ms: 300_000,
+            breaker: BreakerSettings::default(),
         }
     }
 }
@@ -575,6 +614,18 @@ impl Settings {
                 cap: Duration::from_millis(self.mail.backoff_cap_ms),
             },
             max_attempts: self.mail.max_attempts,
+            breaker: {
+                let b = &self.mail.breaker;
+                BreakerConfig {
+                    window: b.window.max(1),
+                    min_calls: b.min_calls.clamp(1, b.window.max(1)),
+                    failure_rate: f64::from(b.failure_rate_percent.min(100)) / 100.0,
+                    slow_rate: f64::from(b.slow_rate_percent.min(100)) / 100.0,
+                    slow_call: Duration::from_millis(b.slow_call_ms),
+                    open_for: Duration::from_secs(b.open_secs),
+                    half_open_calls: b.half_open_calls.max(1),
+                }
+            },
         }
     }
 }

@@ -147,10 +147,15 @@ impl Backends {
                     store: Arc::new(SqliteStore::new(Arc::clone(&db))),
                     bus: Arc::new(SqliteBus::new(Arc::clone(&db), &[DELIVERY_GROUP])),
                     embedded_db: Some(db),
-                    transport: Arc::new(
-                        FileMailTransport::new(&data_dir.join(MAIL_DIR), from)
-                            .context("while creating the mail directory")?,
-                    ),
+                    // A configured relay is used in embedded mode too.
+                    transport: if settings.smtp.host.is_some() {
+                        smtp_transport(settings, from)?
+                    } else {
+                        Arc::new(
+                            FileMailTransport::new(&data_dir.join(MAIL_DIR), from)
+                                .context("while creating the mail directory")?,
+                        )
+                    },
                     delivery_group: DELIVERY_GROUP.to_owned(),
                     kafka: None,
                 })
@@ -179,23 +184,10 @@ impl Backends {
                         .await
                         .context("while creating kafka topics")?;
                 }
-                let smtp = &settings.smtp;
-                let transport = SmtpMailTransport::new(
-                    &SmtpSettings {
-                        host: smtp.host.clone().unwrap_or_default(),
-                        port: smtp.port,
-                        tls: smtp.tls,
-                        username: smtp.username.clone(),
-                        password: smtp.password.clone(),
-                        timeout: Duration::from_secs(smtp.timeout_secs),
-                    },
-                    from,
-                )
-                .context("while configuring smtp")?;
                 Ok(Self {
                     store: Arc::new(store),
                     bus: Arc::clone(&kafka) as Arc<dyn Bus>,
-                    transport: Arc::new(transport),
+                    transport: smtp_transport(settings, from)?,
                     delivery_group,
                     kafka: Some(kafka),
                     embedded_db: None,
@@ -203,6 +195,24 @@ impl Backends {
             }
         }
     }
+}
+
+/// The SMTP transport of `[smtp]`.
+fn smtp_transport(settings: &Settings, from: Mailbox) -> anyhow::Result<Arc<dyn MailTransport>> {
+    let smtp = &settings.smtp;
+    let transport = SmtpMailTransport::new(
+        &SmtpSettings {
+            host: smtp.host.clone().unwrap_or_default(),
+            port: smtp.port,
+            tls: smtp.tls,
+            username: smtp.username.clone(),
+            password: smtp.password.clone(),
+            timeout: Duration::from_secs(smtp.timeout_secs),
+        },
+        from,
+    )
+    .context("while configuring smtp")?;
+    Ok(Arc::new(transport))
 }
 
 /// Opens the PostgreSQL store, migrating it when configured to.
@@ -382,6 +392,7 @@ impl Application {
         let state = web::Data::new(AppState {
             bus: Arc::clone(&bus),
             rate_limits: settings.rate_limits()?,
+            mailer: mailer.clone(),
             daemons: http::Daemons {
                 consumers: consumer_addrs,
                 janitor,

@@ -12,6 +12,7 @@
 //!   need from outside.
 //! - [`health`]: the per-actor status board behind `/api/health/actors` and `/readyz`.
 //! - [`supervisor`]: restart pacing and the restart budget behind `failed`.
+//! - [`breaker`]: the circuit breaker around the mail transport.
 //! - [`backoff`]: exponential backoff with full jitter, shared by retrying actors.
 //! - [`pump`]: the batch-draining loop shared by the outbox relay and the mailer.
 //! - Actors, one per file: [`session`] (`WsSession`), [`registry`] (`Registry`),
@@ -24,6 +25,7 @@
 pub mod activity;
 pub mod analytics;
 pub mod backoff;
+pub mod breaker;
 pub mod consumer;
 pub mod delivery;
 pub mod domain;

@@ -3,9 +3,18 @@
 //! at most once per logical email. Failed sends are retried with exponential backoff and
 //! full jitter without holding up the mail behind them, and dead-lettered after the
 //! last attempt.
+//!
+//! A circuit breaker guards the transport: when the relay fails as a whole, mail stops
+//! going out (it waits in the queue, nothing is dropped and no attempt is spent) until
+//! the breaker's trial calls find the relay healthy again.
+//!
+//! Every failure is retried, 5xx answers included: relays answer 5xx for their own
+//! faults (a relay-access or TLS policy misconfiguration) as often as for a bad
+//! recipient, addresses are validated at signup, and after the last attempt the mail
+//! is in the dead letters, from where an operator can redrive it.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
@@ -13,6 +22,7 @@ use futures_util::future::BoxFuture;
 use tracing::{error, info, instrument, warn};
 
 use crate::backoff::Backoff;
+use crate::breaker::{BreakerConfig, CircuitBreaker, Transition};
 use crate::domain::MailJob;
 use crate::health::{ActorStats, ActorStatus};
 use crate::messages::Nudge;
@@ -31,6 +41,8 @@ pub struct MailerConfig {
     pub backoff: Backoff,
     /// Attempts before a mail is dead-lettered.
     pub max_attempts: u32,
+    /// The circuit breaker around the transport.
+    pub breaker: BreakerConfig,
 }
 
 /// Sends queued mail.
@@ -40,6 +52,7 @@ pub struct Mailer {
     config: MailerConfig,
     stats: Arc<ActorStats>,
     pump: Pump,
+    breaker: Arc<Mutex<CircuitBreaker>>,
 }
 
 impl Mailer {
@@ -51,6 +64,7 @@ impl Mailer {
         stats: Arc<ActorStats>,
     ) -> Self {
         Self {
+            breaker: Arc::new(Mutex::new(CircuitBreaker::new(config.breaker))),
             store,
             transport,
             config,
@@ -78,7 +92,8 @@ impl BatchDrainer for Mailer {
         let transport = Arc::clone(&self.transport);
         let config = self.config.clone();
         let stats = Arc::clone(&self.stats);
-        Box::pin(async move { send_due(&*store, &*transport, &config, &stats).await })
+        let breaker = Arc::clone(&self.breaker);
+        Box::pin(async move { send_due(&*store, &*transport, &config, &stats, &breaker).await })
     }
 }
 
@@ -89,6 +104,7 @@ async fn send_due(
     transport: &dyn MailTransport,
     config: &MailerConfig,
     stats: &ActorStats,
+    breaker: &Mutex<CircuitBreaker>,
 ) -> bool {
     let jobs = match store.due_mail(Utc::now(), BATCH).await {
         Ok(jobs) => jobs,
@@ -100,9 +116,43 @@ async fn send_due(
     };
     let full = jobs.len() == BATCH as usize;
     for job in jobs {
-        send_one(store, transport, config, stats, job).await;
+        let permit = match breaker.lock() {
+            Ok(mut breaker) => breaker.try_acquire(Instant::now()),
+            Err(_) => Ok(None),
+        };
+        match permit {
+            Ok(transition) => note_transition(stats, transition),
+            Err(_) => {
+                // The relay is failing as a whole: the rest waits in the queue, and
+                // the poll timer asks again.
+                stats.set_status(ActorStatus::Degraded);
+                return false;
+            }
+        }
+        let started = Instant::now();
+        let success = send_one(store, transport, config, stats, job).await;
+        let transition = breaker
+            .lock()
+            .ok()
+            .and_then(|mut b| b.record(Instant::now(), success, started.elapsed()));
+        note_transition(stats, transition);
     }
     full
+}
+
+/// Logs and counts a breaker state change and shows the state in the health details.
+fn note_transition(stats: &ActorStats, transition: Option<Transition>) {
+    let Some(Transition { from, to }) = transition else {
+        return;
+    };
+    match to {
+        crate::breaker::BreakerState::Open => {
+            error!(%from, %to, "mail circuit breaker opened: mail waits in the queue")
+        }
+        _ => warn!(%from, %to, "mail circuit breaker changed state"),
+    }
+    stats.set_detail("breaker", to.as_str());
+    stats.count_detail(&format!("breaker_to_{}", to.as_str()));
 }
 
 async fn send_one(
@@ -111,8 +161,9 @@ async fn send_one(
     config: &MailerConfig,
     stats: &ActorStats,
     job: MailJob,
-) {
+) -> bool {
     let outcome = transport.send(&job).await;
+    let success = outcome.is_ok();
     let recorded = match outcome {
         Ok(()) => {
             info!(mail_id = %job.id, "mail sent");
@@ -124,7 +175,9 @@ async fn send_one(
             stats.failed(1);
             let attempts = job.attempts + 1;
             let retry_at = match &err {
-                MailError::Transient(_) if attempts < config.max_attempts => {
+                MailError::Transient(_) | MailError::Permanent(_)
+                    if attempts < config.max_attempts =>
+                {
                     let delay = config.backoff.delay(attempts - 1);
                     chrono::Duration::from_std(delay)
                         .ok()
@@ -147,12 +200,16 @@ async fn send_one(
     if let Err(err) = recorded {
         error!(mail_id = %job.id, error = %err, "mail outcome not recorded");
     }
+    success
 }
 
 impl Actor for Mailer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if let Ok(breaker) = self.breaker.lock() {
+            self.stats.set_detail("breaker", breaker.state().as_str());
+        }
         pump::start(self, ctx);
     }
 

@@ -454,6 +454,40 @@ impl Metrics {
                 .and_then(serde_json::Value::as_u64)
                 .unwrap_or(0);
             let _ = writeln!(out, "herald_emails_dead_lettered_total {dead}");
+            let state = mailer
+                .details
+                .get("breaker")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("closed");
+            header(
+                &mut out,
+                "herald_breaker_state",
+                "gauge",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+            );
+            let gauge = match state {
+                "open" => 1,
+                "half_open" => 2,
+                _ => 0,
+            };
+            let _ = writeln!(out, "herald_breaker_state{{breaker=\"mail\"}} {gauge}");
+            header(
+                &mut out,
+                "herald_breaker_transitions_total",
+                "counter",
+                "Circuit breaker state changes, by the state entered.",
+            );
+            for to in ["open", "half_open", "closed"] {
+                let n = mailer
+                    .details
+                    .get(&format!("breaker_to_{to}"))
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "herald_breaker_transitions_total{{breaker=\"mail\",to=\"{to}\"}} {n}"
+                );
+            }
         }
         out
     }

@@ -55,6 +55,23 @@ pub enum IdempotencyClaim {
     InFlight,
 }
 
+/// A mail that exhausted its attempts, as operators inspect it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadMail {
+    /// The mail's stable id (e.g. `welcome-{user}`).
+    pub id: String,
+    /// Recipient.
+    pub to: String,
+    /// Subject line.
+    pub subject: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last attempt's error.
+    pub error: String,
+    /// When it was given up on.
+    pub failed_at: DateTime<Utc>,
+}
+
 /// A user with the password hash, for login only.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -145,6 +162,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records that a mail was accepted by the transport.
     async fn mark_mail_sent(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Dead-lettered mail, most recent first, at most `limit`.
+    async fn dead_mail(&self, limit: u32) -> Result<Vec<DeadMail>, StoreError>;
+
+    /// Queues a dead-lettered mail again with a fresh attempt budget, due now.
+    /// Returns `false` when no dead mail has this id.
+    async fn redrive_mail(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Records a failed attempt: retry at `retry_at`, or dead-letter it when `None`.
     async fn mark_mail_failed(

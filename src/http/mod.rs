@@ -17,6 +17,7 @@ use herald_actors::writer::NotificationWriter;
 use crate::auth::jwt::{Claims, TokenService};
 
 pub mod activity;
+pub mod admin;
 pub mod idempotency;
 pub mod json;
 pub mod notifications;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub counters: Arc<herald_actors::metrics::HotCounters>,
     /// The metrics aggregator.
     pub metrics: Addr<herald_actors::metrics::Metrics>,
+    /// The mailer, nudged when mail is redriven.
+    pub mailer: Addr<herald_actors::mailer::Mailer>,
     /// Per-client-IP limits (`None` when off).
     pub rate_limits: Option<rate_limit::RateLimits>,
     /// Background actors, kept restartable.
@@ -84,6 +87,7 @@ pub struct AppState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(users::configure)
         .configure(activity::configure)
+        .configure(admin::configure)
         .configure(notifications::configure)
         .configure(ws::configure)
         .configure(ops::configure);

@@ -649,6 +649,8 @@ pub fn herald_command(dir: &Path) -> Command {
         .current_dir(dir)
         .env("HERALD__OUTBOX__POLL_INTERVAL_MS", "100")
         .env("HERALD__MAIL__POLL_INTERVAL_MS", "100")
+        // Tests poll the API far faster than any client should.
+        .env("HERALD__RATE_LIMIT__ENABLED", "false")
         .env("RUST_LOG", "info");
     command
 }

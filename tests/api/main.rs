@@ -9,6 +9,7 @@
 
 mod analytics;
 mod bad_input;
+mod breaker;
 mod cli;
 mod hardening;
 mod helpers;

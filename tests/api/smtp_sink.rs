@@ -23,6 +23,10 @@ pub enum Behaviour {
     Defer,
     /// 550: never.
     Reject,
+    /// Closes every connection at once, before the greeting (a relay that is down).
+    Refuse,
+    /// Greets, then never answers `MAIL FROM` (a relay that hangs).
+    Hang,
 }
 
 /// A running sink.
@@ -31,6 +35,8 @@ pub struct SmtpSink {
     pub port: u16,
     pub received: Arc<Mutex<Vec<Received>>>,
     pub behaviour: Arc<Mutex<Behaviour>>,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SmtpSink {
@@ -40,10 +46,18 @@ impl SmtpSink {
             port: listener.local_addr().expect("addr").port(),
             received: Arc::default(),
             behaviour: Arc::new(Mutex::new(Behaviour::Accept)),
+            connections: Arc::default(),
         };
         let server = sink.clone();
         actix_web::rt::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
+                server
+                    .connections
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if *server.behaviour.lock().unwrap() == Behaviour::Refuse {
+                    drop(socket);
+                    continue;
+                }
                 actix_web::rt::spawn(server.clone().session(socket));
             }
         });
@@ -52,6 +66,11 @@ impl SmtpSink {
 
     pub fn messages(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// Connections accepted so far (every send opens one).
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn set(&self, behaviour: Behaviour) {
@@ -76,14 +95,22 @@ impl SmtpSink {
             {
                 b"250 ok\r\n"
             } else if upper.starts_with("MAIL FROM:") {
-                match *self.behaviour.lock().unwrap() {
+                // Copied out: the guard must not live across the awaits below.
+                let behaviour = *self.behaviour.lock().unwrap();
+                match behaviour {
                     Behaviour::Accept => {
                         from = line[10..].trim().to_owned();
                         to.clear();
                         b"250 ok\r\n"
                     }
-                    Behaviour::Defer => b"451 4.3.0 try again later\r\n",
+                    Behaviour::Defer | Behaviour::Refuse => b"451 4.3.0 try again later\r\n",
                     Behaviour::Reject => b"550 5.7.1 rejected\r\n",
+                    Behaviour::Hang => {
+                        // Hold the connection open without a word until the client
+                        // gives up.
+                        while let Ok(Some(_)) = lines.next_line().await {}
+                        return;
+                    }
                 }
             } else if upper.starts_with("RCPT TO:") {
                 to.push(line[8..].trim().to_owned());

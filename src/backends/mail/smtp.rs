@@ -44,7 +44,7 @@ pub struct SmtpSettings {
     pub username: Option<String>,
     /// Password for `username`.
     pub password: Option<SecretString>,
-    /// Timeout of each SMTP command.
+    /// Deadline of one whole send, from connecting to the end of `DATA`.
     pub timeout: Duration,
 }
 
@@ -52,6 +52,7 @@ pub struct SmtpSettings {
 pub struct SmtpMailTransport {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    timeout: Duration,
 }
 
 impl SmtpMailTransport {
@@ -81,6 +82,7 @@ impl SmtpMailTransport {
         Ok(Self {
             transport: builder.build(),
             from,
+            timeout: settings.timeout,
         })
     }
 }
@@ -104,10 +106,14 @@ fn classify(err: &lettre::transport::smtp::Error) -> MailError {
 impl MailTransport for SmtpMailTransport {
     async fn send(&self, job: &MailJob) -> Result<(), MailError> {
         let message = build_message(job, &self.from)?;
-        self.transport
-            .send(message)
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(&e))
+        // lettre bounds connecting and each command; a relay that trickles bytes or
+        // never answers must not hold the mailer either.
+        match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
+            Ok(sent) => sent.map(|_| ()).map_err(|e| classify(&e)),
+            Err(_) => Err(MailError::Transient(format!(
+                "the relay did not finish within {} s",
+                self.timeout.as_secs_f32()
+            ))),
+        }
     }
 }

@@ -19,7 +19,9 @@ use herald_actors::domain::{
     Audience, Email, EventName, MailJob, NewNotification, Notification, NotificationId,
     OutboxEvent, Topic, User, UserId, UserName,
 };
-use herald_actors::ports::{Credentials, IdempotencyClaim, IdempotentResponse, Store, StoreError};
+use herald_actors::ports::{
+    Credentials, DeadMail, IdempotencyClaim, IdempotentResponse, Store, StoreError,
+};
 
 /// The schema, in order, applied once each and recorded in `schema_migrations`.
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -537,6 +539,44 @@ impl Store for PostgresStore {
             )
             .await
             .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn dead_mail(&self, limit: u32) -> Result<Vec<DeadMail>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, to_email, subject, attempts, COALESCE(last_error, ''), next_attempt_at
+                 FROM mail_queue WHERE status = 'dead'
+                 ORDER BY next_attempt_at DESC, id LIMIT $1",
+                &[&i64::from(limit)],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadMail {
+                id: r.get(0),
+                to: r.get(1),
+                subject: r.get(2),
+                attempts: u32::try_from(r.get::<_, i32>(3)).unwrap_or(0),
+                error: r.get(4),
+                failed_at: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn redrive_mail(&self, id: &str) -> Result<bool, StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE mail_queue SET status = 'pending', attempts = 0, next_attempt_at = now()
+                 WHERE id = $1 AND status = 'dead'",
+                &[&id],
+            )
+            .await
+            .map(|n| n == 1)
             .map_err(unavailable)
     }
 

@@ -22,7 +22,9 @@ use herald_actors::domain::{
     Audience, Email, EventName, MailJob, NewNotification, Notification, NotificationId,
     OutboxEvent, Topic, User, UserId, UserName,
 };
-use herald_actors::ports::{Credentials, IdempotencyClaim, IdempotentResponse, Store, StoreError};
+use herald_actors::ports::{
+    Credentials, DeadMail, IdempotencyClaim, IdempotentResponse, Store, StoreError,
+};
 
 /// The schema, in order. Applied once each and recorded in `schema_migrations`.
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -626,6 +628,50 @@ impl Store for SqliteStore {
                     params![id, now_ms()],
                 )
                 .map(|_| ())
+                .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn dead_mail(&self, limit: u32) -> Result<Vec<DeadMail>, StoreError> {
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT id, to_email, subject, attempts, COALESCE(last_error, ''), next_attempt_ms
+                         FROM mail_queue WHERE status = 'dead'
+                         ORDER BY next_attempt_ms DESC, id LIMIT ?1",
+                    )
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map([limit], |r| {
+                        Ok(DeadMail {
+                            id: r.get(0)?,
+                            to: r.get(1)?,
+                            subject: r.get(2)?,
+                            attempts: r.get(3)?,
+                            error: r.get(4)?,
+                            failed_at: DateTime::from_timestamp_millis(r.get(5)?)
+                                .unwrap_or_default(),
+                        })
+                    })
+                    .map_err(unavailable)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn redrive_mail(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE mail_queue SET status = 'pending', attempts = 0, next_attempt_ms = ?2
+                     WHERE id = ?1 AND status = 'dead'",
+                    params![id, now_ms()],
+                )
+                .map(|n| n == 1)
                 .map_err(unavailable)
             })
             .await
