@@ -70,6 +70,28 @@ pub struct Settings {
     pub supervisor: SupervisorSettings,
     /// Per-client-IP request limits.
     pub rate_limit: RateLimitSettings,
+    /// Graceful shutdown on SIGTERM / SIGINT.
+    pub shutdown: ShutdownSettings,
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSettings {
+    /// Sessions are closed with 1012 at random moments within this window, so their
+    /// clients do not reconnect in one storm, seconds.
+    pub drain_window_secs: u64,
+    /// The process exits within this many seconds of the signal, drained or not.
+    pub timeout_secs: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            drain_window_secs: 10,
+            timeout_secs: 30,
+        }
+    }
 }
 
 /// `[rate_limit]`.
@@ -272,6 +294,9 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Largest request head (request line and headers), bytes; over it a request gets
+    /// 431. actix itself refuses heads over 128 KiB.
+    pub max_header_bytes: usize,
     /// Seconds a request body may take to arrive before the request gets 408.
     pub body_timeout_secs: u64,
     /// HTTP worker threads (0: one per core).
@@ -287,6 +312,7 @@ impl Default for ServerSettings {
             bind: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("data"),
             max_body_bytes: 256 * 1024,
+            max_header_bytes: 16 * 1024,
             body_timeout_secs: 30,
             workers: 0,
             node_id: None,
@@ -328,6 +354,9 @@ pub struct WebSocketSettings {
     pub outbound_queue: usize,
     /// History rows read per query while a session resumes.
     pub replay_page: u32,
+    /// Sessions one user may hold on a node; opening one more closes their oldest
+    /// with 4008.
+    pub max_sessions_per_user: usize,
 }
 
 impl Default for WebSocketSettings {
@@ -338,6 +367,7 @@ impl Default for WebSocketSettings {
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1024,
             replay_page: 500,
+            max_sessions_per_user: 16,
         }
     }
 }

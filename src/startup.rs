@@ -4,8 +4,9 @@
 
 use std::net::TcpListener;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{Addr, Supervisor};
 use actix_web::dev::Server;
@@ -14,7 +15,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context};
 use lettre::message::Mailbox;
 use secrecy::{ExposeSecret, SecretString};
-use tracing::info;
+use tracing::{info, warn};
 
 use herald_actors::activity::ActivityTracker;
 use herald_actors::analytics::ActivityHandler;
@@ -25,6 +26,7 @@ use herald_actors::domain::Topic;
 use herald_actors::health::HealthBoard;
 use herald_actors::janitor::Janitor;
 use herald_actors::mailer::Mailer;
+use herald_actors::messages::{CountSessions, Drain, Nudge};
 use herald_actors::metrics::{ActiveUsersSource, HotCounters, Metrics};
 use herald_actors::outbox_relay::OutboxRelay;
 use herald_actors::ports::{ActivityStore, Bus, MailTransport, RegistryMirror, Store};
@@ -81,6 +83,85 @@ pub struct Application {
     port: u16,
     server: Server,
     board: HealthBoard,
+    drain: Drainer,
+}
+
+/// What a graceful shutdown needs to reach.
+struct Drainer {
+    draining: Arc<AtomicBool>,
+    registry: Addr<Registry>,
+    relay: Option<Addr<OutboxRelay>>,
+    store: Arc<dyn Store>,
+    window: Duration,
+    timeout: Duration,
+}
+
+impl Drainer {
+    /// Fails readiness and refuses new sessions, closes every session with 1012 over
+    /// the jittered window, then publishes what the outbox still holds. Mail needs
+    /// nothing: its queue is durable and the next node sends it.
+    async fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let closing = self
+            .registry
+            .send(Drain {
+                window: self.window,
+            })
+            .await
+            .unwrap_or(0);
+        info!(
+            sessions = closing,
+            window_secs = self.window.as_secs(),
+            "draining: closing sessions with 1012"
+        );
+        let until = Instant::now() + self.window + Duration::from_secs(1);
+        while Instant::now() < until {
+            match self.registry.send(CountSessions).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        if let Some(relay) = &self.relay {
+            relay.do_send(Nudge);
+            loop {
+                match self.store.pending_outbox(1).await {
+                    Ok(pending) if pending.is_empty() => break,
+                    Ok(_) => {
+                        relay.do_send(Nudge);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(err) => {
+                        warn!(error = %err, "outbox not flushed; it stays durable for the next start");
+                        break;
+                    }
+                }
+            }
+        }
+        info!("drained");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Opens the embedded database under `data_dir`, creating the directory and applying
@@ -312,7 +393,10 @@ impl Application {
                 node: node_id.clone(),
                 refresh_interval: Duration::from_secs(settings.redis.ttl_secs / 3),
             });
-            Supervisor::start(move |_| Registry::mirrored(stats, mirroring))
+            let max_per_user = settings.websocket.max_sessions_per_user;
+            Supervisor::start(move |_| {
+                Registry::mirrored(stats, mirroring).with_session_limit(max_per_user)
+            })
         };
         let writer = {
             let stats = board.register("notification_writer", "NotificationWriter", true);
@@ -389,7 +473,17 @@ impl Application {
             }));
         }
 
+        let draining = Arc::new(AtomicBool::new(false));
+        let drain = Drainer {
+            draining: Arc::clone(&draining),
+            registry: registry.clone(),
+            relay: relay.clone(),
+            store: Arc::clone(&store),
+            window: Duration::from_secs(settings.shutdown.drain_window_secs),
+            timeout: Duration::from_secs(settings.shutdown.timeout_secs.max(1)),
+        };
         let state = web::Data::new(AppState {
+            draining,
             bus: Arc::clone(&bus),
             rate_limits: settings.rate_limits()?,
             mailer: mailer.clone(),
@@ -408,6 +502,7 @@ impl Application {
             session: settings.session_config(),
             token_ttl_secs: settings.auth.token_ttl_secs,
             max_body_bytes: settings.server.max_body_bytes,
+            max_header_bytes: settings.server.max_header_bytes,
             body_timeout: Duration::from_secs(settings.server.body_timeout_secs),
             redis,
             kafka: backends.kafka,
@@ -423,12 +518,15 @@ impl Application {
                 .app_data(state.clone())
                 .wrap(ErrorHandlers::new().default_handler(normalize_error))
                 .wrap(from_fn(http::rate_limit::limit_requests))
+                .wrap(from_fn(http::limits::limit_headers))
                 .wrap(from_fn(http::observe::observe_requests))
                 .configure(http::configure)
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))
                 }))
         })
+        // Signals are handled in `run_until_stopped`, which drains before stopping.
+        .disable_signals()
         .shutdown_timeout(5)
         .listen(listener)?;
         if settings.server.workers > 0 {
@@ -439,6 +537,7 @@ impl Application {
             port,
             server: server.run(),
             board,
+            drain,
         })
     }
 
@@ -452,11 +551,36 @@ impl Application {
         &self.board
     }
 
-    /// Serves until the server stops (SIGINT / SIGTERM).
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully: readiness fails
+    /// first, sessions are closed with 1012 over a jittered window, the outbox is
+    /// flushed, in-flight requests finish; all within `shutdown.timeout_secs`.
     ///
     /// # Errors
     /// When the server fails.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let Self { server, drain, .. } = self;
+        let handle = server.handle();
+        let mut server = std::pin::pin!(server);
+        tokio::select! {
+            result = &mut server => return result,
+            () = shutdown_signal() => {}
+        }
+        info!(
+            timeout_secs = drain.timeout.as_secs(),
+            "shutdown signal: draining"
+        );
+        let stopped = tokio::time::timeout(drain.timeout, async {
+            drain.drain().await;
+            handle.stop(true).await;
+            server.await
+        })
+        .await;
+        match stopped {
+            Ok(result) => result,
+            Err(_) => {
+                warn!("shutdown timeout reached; exiting undrained");
+                Ok(())
+            }
+        }
     }
 }

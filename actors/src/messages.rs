@@ -50,6 +50,15 @@ pub struct CloseSession {
     pub reason: &'static str,
 }
 
+/// Shutdown: the registry closes every session with 1012, each at a random moment
+/// within `window`, so clients do not all reconnect to the other nodes at once.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "usize")]
+pub struct Drain {
+    /// The window the closes are spread over.
+    pub window: std::time::Duration,
+}
+
 /// A session registers with the registry.
 #[derive(Message)]
 #[rtype(result = "()")]

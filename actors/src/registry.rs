@@ -11,7 +11,7 @@ use tracing::warn;
 use crate::domain::UserId;
 use crate::health::{ActorStats, ActorStatus};
 use crate::messages::{
-    Broadcast, CloseSession, Connect, CountSessions, Deliver, Disconnect, Push, SessionId,
+    Broadcast, CloseSession, Connect, CountSessions, Deliver, Disconnect, Drain, Push, SessionId,
 };
 use crate::ports::RegistryMirror;
 
@@ -23,6 +23,11 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Close code for a session whose outbound queue is full: the client is not reading.
 pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
+/// Close code for every session when the node shuts down (Service Restart): reconnect,
+/// preferably elsewhere, and resume from the last id.
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
+/// Close code for a user's oldest session when they open more than the per-user limit.
+pub const CLOSE_TOO_MANY_SESSIONS: u16 = 4008;
 
 struct SessionHandle {
     id: SessionId,
@@ -47,6 +52,8 @@ pub struct Registry {
     stats: Arc<ActorStats>,
     mirroring: Option<Mirroring>,
     mirror_queue: Option<tokio::sync::mpsc::Sender<MirrorUpdate>>,
+    /// Sessions one user may hold on this node; past it the oldest is closed.
+    max_sessions_per_user: usize,
 }
 
 /// A change to apply to the mirror.
@@ -73,7 +80,15 @@ impl Registry {
             stats,
             mirroring,
             mirror_queue: None,
+            max_sessions_per_user: usize::MAX,
         }
+    }
+
+    /// Caps the sessions one user may hold on this node: opening one more closes their
+    /// oldest with [`CLOSE_TOO_MANY_SESSIONS`].
+    pub fn with_session_limit(mut self, max_per_user: usize) -> Self {
+        self.max_sessions_per_user = max_per_user.max(1);
+        self
     }
 
     /// The cluster-wide id of a session of this node.
@@ -231,15 +246,25 @@ impl Handler<Connect> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Connect, _: &mut Self::Context) {
-        self.users
-            .entry(msg.user_id)
-            .or_default()
-            .push(SessionHandle {
-                id: msg.session_id,
-                push: msg.push,
-                close: msg.close,
+        let list = self.users.entry(msg.user_id).or_default();
+        let mut evicted = Vec::new();
+        while list.len() >= self.max_sessions_per_user {
+            let oldest = list.remove(0);
+            oldest.close.do_send(CloseSession {
+                code: CLOSE_TOO_MANY_SESSIONS,
+                reason: "too many sessions for this user: the oldest is closed",
             });
-        self.sessions += 1;
+            evicted.push(oldest.id);
+        }
+        list.push(SessionHandle {
+            id: msg.session_id,
+            push: msg.push,
+            close: msg.close,
+        });
+        self.sessions = self.sessions + 1 - evicted.len();
+        for id in evicted {
+            self.mirror(MirrorUpdate::Remove(msg.user_id, id));
+        }
         self.mirror(MirrorUpdate::Add(msg.user_id, msg.session_id));
     }
 }
@@ -291,6 +316,29 @@ impl Handler<Broadcast> for Registry {
         });
         self.sessions -= dropped;
         delivered
+    }
+}
+
+impl Handler<Drain> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> usize {
+        use rand::Rng;
+        let window_ms = u64::try_from(msg.window.as_millis()).unwrap_or(u64::MAX);
+        let mut rng = rand::thread_rng();
+        let mut closing = 0;
+        for session in self.users.values().flatten() {
+            let close = session.close.clone();
+            let delay = Duration::from_millis(rng.gen_range(0..=window_ms));
+            ctx.run_later(delay, move |_, _| {
+                close.do_send(CloseSession {
+                    code: CLOSE_SERVICE_RESTART,
+                    reason: "server shutting down: reconnect and resume",
+                });
+            });
+            closing += 1;
+        }
+        closing
     }
 }
 

@@ -11,6 +11,39 @@ use serde::de::DeserializeOwned;
 
 use super::problem::ApiError;
 
+/// Deepest nesting of objects and arrays a request body may have. Payloads are stored
+/// and forwarded to clients, and not every client's parser copes with deep nesting
+/// (serde_json itself stops at 128).
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// The deepest nesting of `{`/`[` in `body`, ignoring brackets inside strings. One pass,
+/// no allocation; a malformed body is left for the parser to explain.
+fn nesting_depth(body: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in body {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Reads the body up to `limit` bytes, within `timeout` (a client that declares a body
 /// and never sends it does not hold a connection forever).
 ///
@@ -59,7 +92,8 @@ async fn read_limited(
 ///
 /// # Errors
 /// [`ApiError::InvalidJson`] for a content type other than `application/json`, a body
-/// that is not a JSON object, malformed JSON, or JSON of the wrong shape (unknown
+/// that is not a JSON object, nesting deeper than [`MAX_JSON_DEPTH`], malformed JSON,
+/// or JSON of the wrong shape (unknown
 /// fields included), with serde's explanation.
 pub fn parse<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, ApiError> {
     let content_type = req
@@ -90,6 +124,25 @@ pub fn parse<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, A
             "request body must be a JSON object".into(),
         ));
     }
+    if nesting_depth(body) > MAX_JSON_DEPTH {
+        return Err(ApiError::InvalidJson(format!(
+            "request body nests objects and arrays deeper than {MAX_JSON_DEPTH} levels"
+        )));
+    }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::InvalidJson(format!("request body is not valid: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nesting_depth;
+
+    #[test]
+    fn depth_counts_objects_and_arrays_but_not_brackets_in_strings() {
+        assert_eq!(nesting_depth(br#"{}"#), 1);
+        assert_eq!(nesting_depth(br#"{"a":[{"b":1}],"c":{}}"#), 3);
+        assert_eq!(nesting_depth(br#"{"a":"[[[{{{"}"#), 1);
+        assert_eq!(nesting_depth(br#"{"a":"\"[[[\\"}"#), 1);
+        assert_eq!(nesting_depth(br#"{"a":"\\"}[[["#), 3);
+    }
 }

@@ -20,6 +20,7 @@ pub mod activity;
 pub mod admin;
 pub mod idempotency;
 pub mod json;
+pub mod limits;
 pub mod notifications;
 pub mod observe;
 pub mod ops;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub token_ttl_secs: u64,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Largest request head (request line and headers).
+    pub max_header_bytes: usize,
     /// How long a request body may take to arrive.
     pub body_timeout: std::time::Duration,
     /// The Redis registry mirror, when configured (checked by `/readyz`).
@@ -67,6 +70,8 @@ pub struct AppState {
     pub counters: Arc<herald_actors::metrics::HotCounters>,
     /// The metrics aggregator.
     pub metrics: Addr<herald_actors::metrics::Metrics>,
+    /// Set once shutdown began: readiness fails and new sessions are refused.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// The mailer, nudged when mail is redriven.
     pub mailer: Addr<herald_actors::mailer::Mailer>,
     /// Per-client-IP limits (`None` when off).

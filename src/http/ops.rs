@@ -32,6 +32,9 @@ async fn livez() -> HttpResponse {
 /// 200 only when the store answers and every critical actor runs.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut reasons = state.board.unready_reasons(STALE_HEARTBEAT_MS);
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        reasons.insert(0, "draining: the node is shutting down".to_owned());
+    }
     // Every configured backend, checked concurrently, reported by name.
     let (store, kafka, redis) = tokio::join!(
         state.store.ping(),

@@ -47,6 +47,9 @@ pub enum ApiError {
     /// Body over the configured limit.
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    /// The request head (header names and values) is over the limit.
+    #[error("request headers exceed {0} bytes")]
+    HeadersTooLarge(usize),
     /// `Idempotency-Key` header required but missing.
     #[error("this endpoint requires an Idempotency-Key header")]
     IdempotencyKeyMissing,
@@ -80,6 +83,9 @@ pub enum ApiError {
         /// Seconds until a request will pass again (`Retry-After`).
         retry_after_secs: u64,
     },
+    /// The node is shutting down; another node will take the request.
+    #[error("this node is shutting down; reconnect to another")]
+    Draining,
     /// A backend is down; retrying later may work.
     #[error("a backend is unavailable; retry later")]
     Unavailable(String),
@@ -106,6 +112,8 @@ impl ApiError {
             Self::InsufficientScope(_) => "insufficient_scope",
             Self::NotFound(_) => "not_found",
             Self::RateLimited { .. } => "rate_limited",
+            Self::HeadersTooLarge(_) => "headers_too_large",
+            Self::Draining => "draining",
             Self::Unavailable(_) => "service_unavailable",
             Self::Unexpected(_) => "internal_error",
         }
@@ -127,6 +135,8 @@ impl ApiError {
             Self::InsufficientScope(_) => "Forbidden",
             Self::NotFound(_) => "Not found",
             Self::RateLimited { .. } => "Too many requests",
+            Self::HeadersTooLarge(_) => "Request header fields too large",
+            Self::Draining => "Shutting down",
             Self::Unavailable(_) => "Service unavailable",
             Self::Unexpected(_) => "Internal server error",
         }
@@ -191,7 +201,8 @@ impl ResponseError for ApiError {
             Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Unavailable(_) | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

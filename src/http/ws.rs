@@ -64,6 +64,9 @@ async fn connect(
     stream: web::Payload,
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(super::problem::ApiError::Draining.into());
+    }
     let query = serde_urlencoded::from_str::<WsQuery>(req.query_string());
     let (admission, after) = match query {
         Ok(q) if q.after.is_some_and(|a| a < 0) => (

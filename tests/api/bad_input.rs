@@ -201,3 +201,48 @@ async fn history_rejects_bad_paging_parameters() {
         "unauthorized",
     );
 }
+
+#[actix_web::test]
+async fn json_nested_past_the_depth_limit_is_refused_and_shallower_json_passes() {
+    let app = spawn_app().await;
+    let token = app.publisher_token();
+    let nested = |depth: usize| {
+        // `payload` itself is level 2 inside the body object.
+        let inner = format!("{}{}", "[".repeat(depth - 2), "]".repeat(depth - 2));
+        format!(
+            r#"{{"user_id":"{}","event":"e","payload":{{"deep":{inner}}}}}"#,
+            herald_actors::domain::UserId::new()
+        )
+    };
+    let reply = app.publish_raw(&token, nested(33)).await;
+    assert_problem(&reply, 400, "invalid_json");
+    assert!(
+        reply.body["detail"].as_str().unwrap().contains("32 levels"),
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(app.publish_raw(&token, nested(32)).await.status, 202);
+    still_serving(&app).await;
+}
+
+#[actix_web::test]
+async fn oversized_request_headers_get_431_problem_json() {
+    let app = spawn_app().await;
+    let big = "x".repeat(20 * 1024);
+    let reply = app.get_with_headers("/livez", &[("X-Padding", &big)]).await;
+    assert_problem(&reply, 431, "headers_too_large");
+    // Past actix's own 128 KiB buffer the connection is refused before routing; it
+    // still answers 431 and the server keeps serving.
+    let huge = "x".repeat(200 * 1024);
+    let reply = app
+        .get_with_headers("/livez", &[("X-Padding", &huge)])
+        .await;
+    assert_eq!(reply.status, 431);
+    assert_eq!(
+        app.get_with_headers("/livez", &[("X-Padding", "small")])
+            .await
+            .status,
+        200
+    );
+    still_serving(&app).await;
+}

@@ -193,6 +193,15 @@ impl TestApp {
         read(req.send_body(body).await.expect("request sent")).await
     }
 
+    /// GET with extra headers.
+    pub async fn get_with_headers(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = client().get(self.url(path));
+        for (k, v) in headers {
+            req = req.insert_header((*k, *v));
+        }
+        read(req.send().await.expect("request sent")).await
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
         let mut req = client().get(self.url(path));
         if let Some(t) = token {
@@ -726,6 +735,29 @@ impl Node {
             child,
             app: TestApp::external(port, data_dir),
             log,
+        }
+    }
+
+    /// SIGTERM: the node shuts down gracefully.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "SIGTERM delivered");
+    }
+
+    /// Waits up to `within` for the process to exit; `None` if it is still running.
+    pub async fn exited_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -20,6 +20,7 @@ mod rate_limit;
 mod redis;
 mod restart;
 mod resume;
+mod shutdown;
 mod smtp_sink;
 mod store;
 mod supervision;

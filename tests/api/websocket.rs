@@ -270,3 +270,29 @@ async fn a_client_that_answers_pings_stays_connected_past_the_idle_timeout() {
     ws.send_text(r#"{"type":"ping"}"#).await;
     assert_eq!(ws.next_json().await["type"], "pong");
 }
+
+#[actix_web::test]
+async fn opening_more_sessions_than_the_per_user_limit_closes_the_oldest_with_4008() {
+    let app = spawn_app_with(|s| s.websocket.max_sessions_per_user = 2).await;
+    let user = app.create_user("Ada").await;
+    let query = format!("token={}", user.token);
+    let mut oldest = app.connect(&query).await;
+    // Each session is registered before the next opens, so "oldest" is well defined.
+    oldest.send_text(r#"{"type":"ping"}"#).await;
+    assert_eq!(oldest.next_json().await["type"], "pong");
+    let mut second = app.connect(&query).await;
+    second.send_text(r#"{"type":"ping"}"#).await;
+    assert_eq!(second.next_json().await["type"], "pong");
+
+    let mut third = app.connect(&query).await;
+    assert_eq!(oldest.close_code().await, 4008);
+    for ws in [&mut second, &mut third] {
+        ws.send_text(r#"{"type":"ping"}"#).await;
+        assert_eq!(ws.next_json().await["type"], "pong");
+    }
+    // Another user is not affected by Ada's limit.
+    let grace = app.create_user("Grace").await;
+    let mut other = app.connect(&format!("token={}", grace.token)).await;
+    other.send_text(r#"{"type":"ping"}"#).await;
+    assert_eq!(other.next_json().await["type"], "pong");
+}
