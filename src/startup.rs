@@ -26,7 +26,7 @@ use herald_actors::domain::Topic;
 use herald_actors::health::HealthBoard;
 use herald_actors::janitor::Janitor;
 use herald_actors::mailer::Mailer;
-use herald_actors::messages::{CountSessions, Drain, Nudge};
+use herald_actors::messages::{CountSessions, Drain, Nudge, StopConsuming};
 use herald_actors::metrics::{ActiveUsersSource, HotCounters, Metrics};
 use herald_actors::outbox_relay::OutboxRelay;
 use herald_actors::ports::{ActivityStore, Bus, MailTransport, RegistryMirror, Store};
@@ -91,6 +91,7 @@ struct Drainer {
     draining: Arc<AtomicBool>,
     registry: Addr<Registry>,
     relay: Option<Addr<OutboxRelay>>,
+    consumers: Vec<Addr<herald_actors::consumer::Consumer>>,
     store: Arc<dyn Store>,
     window: Duration,
     timeout: Duration,
@@ -98,8 +99,9 @@ struct Drainer {
 
 impl Drainer {
     /// Fails readiness and refuses new sessions, closes every session with 1012 over
-    /// the jittered window, then publishes what the outbox still holds. Mail needs
-    /// nothing: its queue is durable and the next node sends it.
+    /// the jittered window, publishes what the outbox still holds, then stops the
+    /// consumers (they commit and leave their groups). Mail needs nothing: its queue is
+    /// durable and the next node sends it.
     async fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
         let closing = self
@@ -136,6 +138,11 @@ impl Drainer {
                     }
                 }
             }
+        }
+        // Last: the outbox flush above may still have fed them. Each commits what it
+        // handled and leaves its group, so other nodes take over at once.
+        for consumer in &self.consumers {
+            let _ = consumer.send(StopConsuming).await;
         }
         info!("drained");
     }
@@ -478,6 +485,7 @@ impl Application {
             draining: Arc::clone(&draining),
             registry: registry.clone(),
             relay: relay.clone(),
+            consumers: consumer_addrs.clone(),
             store: Arc::clone(&store),
             window: Duration::from_secs(settings.shutdown.drain_window_secs),
             timeout: Duration::from_secs(settings.shutdown.timeout_secs.max(1)),

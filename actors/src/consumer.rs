@@ -23,6 +23,7 @@ use tracing::{error, info, instrument, warn};
 use crate::backoff::Backoff;
 use crate::domain::{BusMessage, Topic};
 use crate::health::{ActorStats, ActorStatus};
+use crate::messages::StopConsuming;
 use crate::ports::{Bus, BusError};
 
 /// How a handler failed.
@@ -105,6 +106,8 @@ pub struct Consumer {
     /// Survives restarts (actix keeps the actor value), so repeated panics on one
     /// message are counted.
     panics: PanicLog,
+    /// The running consume loop, cancelled by [`StopConsuming`].
+    running: Option<SpawnHandle>,
 }
 
 impl Consumer {
@@ -121,6 +124,7 @@ impl Consumer {
             config,
             stats,
             panics: HashMap::new(),
+            running: None,
         }
     }
 }
@@ -230,7 +234,7 @@ impl Actor for Consumer {
             Arc::clone(&self.stats),
             self.panics.clone(),
         );
-        ctx.spawn(
+        self.running = Some(ctx.spawn(
             async move {
                 tokio::time::sleep(delay).await;
                 run.await
@@ -253,10 +257,25 @@ impl Actor for Consumer {
                 }
                 ctx.stop();
             }),
-        );
+        ));
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.stats.set_status(ActorStatus::Stopped);
+    }
+}
+
+impl Handler<StopConsuming> for Consumer {
+    type Result = ();
+
+    /// Cancels the consume loop, dropping the subscription: a message being handled is
+    /// not committed and comes again to whoever takes the partition. The actor itself
+    /// stays (stopping it would make its supervisor restart it).
+    fn handle(&mut self, _: StopConsuming, ctx: &mut Self::Context) {
+        if let Some(running) = self.running.take() {
+            ctx.cancel_future(running);
+            info!(topic = %self.config.topic, group = %self.config.group, "consumer stopped for shutdown");
+        }
         self.stats.set_status(ActorStatus::Stopped);
     }
 }

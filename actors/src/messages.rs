@@ -59,6 +59,13 @@ pub struct Drain {
     pub window: std::time::Duration,
 }
 
+/// Shutdown: a consumer stops reading and drops its subscription, which commits what
+/// it handled and leaves its consumer group at once (rather than when its session
+/// times out), so the partitions move to the remaining nodes without delay.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct StopConsuming;
+
 /// A session registers with the registry.
 #[derive(Message)]
 #[rtype(result = "()")]

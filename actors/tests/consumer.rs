@@ -53,6 +53,12 @@ impl Bus for MemoryBus {
     }
 }
 
+impl Drop for MemorySubscription {
+    fn drop(&mut self) {
+        self.log.lock().unwrap().push("closed".into());
+    }
+}
+
 #[async_trait]
 impl Subscription for MemorySubscription {
     async fn next(&mut self) -> Result<BusMessage, BusError> {
@@ -116,6 +122,27 @@ fn message(offset: i64, body: &str) -> BusMessage {
 }
 
 async fn run(messages: Vec<BusMessage>, flaky: u32, until_entries: usize) -> Vec<String> {
+    run_consumer(messages, flaky, until_entries).await.0
+}
+
+/// Waits until `log` holds `entries` lines.
+async fn wait_for(log: &Log, entries: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while log.lock().unwrap().len() < entries {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stalled: {:?}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn run_consumer(
+    messages: Vec<BusMessage>,
+    flaky: u32,
+    until_entries: usize,
+) -> (Vec<String>, actix::Addr<Consumer>, Log, HealthBoard) {
     let log: Log = Arc::default();
     let bus = Arc::new(MemoryBus {
         messages,
@@ -136,18 +163,31 @@ async fn run(messages: Vec<BusMessage>, flaky: u32, until_entries: usize) -> Vec
             cap: Duration::from_millis(5),
         },
     };
-    Supervisor::start(move |_| Consumer::new(bus, handler, config, stats));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while log.lock().unwrap().len() < until_entries {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stalled: {:?}",
-            log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let addr = Supervisor::start(move |_| Consumer::new(bus, handler, config, stats));
+    wait_for(&log, until_entries).await;
     let entries = log.lock().unwrap().clone();
-    entries
+    (entries, addr, log, board)
+}
+
+#[actix_rt::test]
+async fn stopping_for_shutdown_closes_the_subscription_after_the_last_commit_for_good() {
+    let (_, consumer, log, board) = run_consumer(vec![message(1, "ok")], 0, 2).await;
+    consumer
+        .send(herald_actors::messages::StopConsuming)
+        .await
+        .unwrap();
+    wait_for(&log, 3).await;
+    assert_eq!(*log.lock().unwrap(), vec!["handle 1", "commit 1", "closed"]);
+    let stats = board.snapshot();
+    let me = stats
+        .iter()
+        .find(|a| a.name == "consumer:notifications")
+        .unwrap();
+    assert_eq!(me.status, herald_actors::health::ActorStatus::Stopped);
+    assert_eq!(
+        me.restarts, 0,
+        "a consumer stopped for shutdown is not restarted"
+    );
 }
 
 #[actix_rt::test]

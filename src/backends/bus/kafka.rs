@@ -27,6 +27,9 @@ use herald_actors::ports::{Bus, BusError, Subscription};
 
 /// How long a publish may wait in the producer queue before it fails.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a consumer that stopped heartbeating (a node killed unannounced) keeps its
+/// group membership and partitions.
+pub const CONSUMER_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn unavailable(err: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(err.to_string())
@@ -190,7 +193,10 @@ impl Bus for KafkaBus {
             .set("auto.offset.reset", reset)
             // A node that dies unannounced holds its partitions until its session times
             // out: keep that short.
-            .set("session.timeout.ms", "10000")
+            .set(
+                "session.timeout.ms",
+                CONSUMER_SESSION_TIMEOUT.as_millis().to_string(),
+            )
             .create_with_context(RebalanceLogger {
                 group: group.to_owned(),
             })
