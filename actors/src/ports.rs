@@ -135,6 +135,25 @@ pub trait Store: Send + Sync + 'static {
         response: Option<&IdempotentResponse>,
     ) -> Result<(Notification, bool), StoreError>;
 
+    /// Stores several notifications, in order, as [`Store::insert_notification`] does
+    /// one: the group commit of the notification writer. Ids grow in `batch` order.
+    /// Adapters that can commit the whole batch in one transaction override this; the
+    /// default stores them one by one.
+    ///
+    /// # Errors
+    /// One result per item; an adapter that commits the batch at once fails every
+    /// item together (nothing of the batch is stored then).
+    async fn insert_notifications(
+        &self,
+        batch: &[(&NewNotification, Option<&IdempotentResponse>)],
+    ) -> Vec<Result<(Notification, bool), StoreError>> {
+        let mut results = Vec::with_capacity(batch.len());
+        for (notification, response) in batch {
+            results.push(self.insert_notification(notification, *response).await);
+        }
+        results
+    }
+
     /// Deletes notifications created before `older_than` (history retention).
     async fn prune_notifications(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError>;
 
@@ -208,6 +227,23 @@ pub enum BusError {
 pub trait Bus: Send + Sync + 'static {
     /// Appends a message; returns once the bus has durably accepted it.
     async fn publish(&self, topic: Topic, key: &str, payload: Bytes) -> Result<(), BusError>;
+
+    /// Appends several messages to `topic`, in order; returns once the bus durably
+    /// accepted all of them. Adapters override it to write or send the batch at once;
+    /// the default publishes one by one.
+    ///
+    /// # Errors
+    /// When any message was not accepted (earlier ones may have been).
+    async fn publish_batch(
+        &self,
+        topic: Topic,
+        messages: &[(String, Bytes)],
+    ) -> Result<(), BusError> {
+        for (key, payload) in messages {
+            self.publish(topic, key, payload.clone()).await?;
+        }
+        Ok(())
+    }
 
     /// Joins consumer group `group` on `topic`, starting after its committed offset.
     async fn subscribe(&self, topic: Topic, group: &str)

@@ -45,6 +45,7 @@ contract!(
     store_idempotency_keys_go_through_claim_replay_mismatch_and_release,
     store_prunes_only_idempotency_keys_older_than_the_cutoff,
     store_notifications_dedupe_by_key_and_page_by_id,
+    store_a_batch_of_notifications_gets_ascending_ids_and_dedupes_within_itself,
     store_a_notification_and_its_idempotent_response_commit_together,
     store_mail_is_queued_once_and_retried_when_due,
     store_outbox_events_stay_pending_until_marked_published,
@@ -189,6 +190,41 @@ async fn store_prunes_only_idempotency_keys_older_than_the_cutoff(store: Arc<dyn
             .unwrap(),
         IdempotencyClaim::Claimed
     );
+}
+
+async fn store_a_batch_of_notifications_gets_ascending_ids_and_dedupes_within_itself(
+    store: Arc<dyn Store>,
+) {
+    let (ada, grace) = (UserId::new(), UserId::new());
+    let notes = [
+        note(ada, None),
+        note(grace, Some("once")),
+        note(ada, None),
+        note(grace, Some("once")),
+        note(ada, None),
+    ];
+    let batch: Vec<_> = notes.iter().map(|n| (n, None)).collect();
+    let results: Vec<_> = store
+        .insert_notifications(&batch)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(results.len(), 5);
+    let inserted: Vec<bool> = results.iter().map(|(_, new)| *new).collect();
+    assert_eq!(inserted, [true, true, true, false, true]);
+    assert_eq!(results[3].0.id, results[1].0.id, "the duplicate is the first one");
+    let ada_ids: Vec<_> = [0, 2, 4].iter().map(|&i| results[i].0.id).collect();
+    assert!(ada_ids.windows(2).all(|w| w[0] < w[1]), "{ada_ids:?}");
+    let stored: Vec<_> = store
+        .history(ada, 0, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(stored, ada_ids);
+    assert_eq!(store.history(grace, 0, None, 10).await.unwrap().len(), 1);
 }
 
 async fn store_notifications_dedupe_by_key_and_page_by_id(store: Arc<dyn Store>) {

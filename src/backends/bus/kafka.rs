@@ -174,6 +174,23 @@ impl Bus for KafkaBus {
         self.send(topic, key, &payload, headers).await
     }
 
+    /// Every record is handed to the producer before any acknowledgement is awaited,
+    /// so the batch shares the broker round trips; the idempotent producer keeps
+    /// their order per partition.
+    async fn publish_batch(
+        &self,
+        topic: Topic,
+        messages: &[(String, Bytes)],
+    ) -> Result<(), BusError> {
+        let sends = messages
+            .iter()
+            .map(|(key, payload)| self.send(topic, key, payload, None));
+        futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .collect()
+    }
+
     async fn subscribe(
         &self,
         topic: Topic,

@@ -24,6 +24,8 @@ use crate::backends::store::sqlite::SqliteDb;
 const FETCH: u32 = 256;
 /// Longest wait without a wake-up before looking again (a safety net only).
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
+/// Handled messages between offset writes at most (see `SqliteSubscription::commit`).
+const COMMIT_EVERY: u32 = 64;
 /// Commits between prunes of fully consumed messages.
 const PRUNE_EVERY: u64 = 512;
 
@@ -91,6 +93,48 @@ impl Bus for SqliteBus {
         Ok(())
     }
 
+    /// The batch in one transaction: one commit, one wake-up.
+    async fn publish_batch(
+        &self,
+        topic: Topic,
+        messages: &[(String, Bytes)],
+    ) -> Result<(), BusError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let owned = messages.to_vec();
+        let offset = self
+            .db
+            .write(move |conn| {
+                let tx = conn
+                    .transaction()
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let now = chrono::Utc::now().timestamp_millis();
+                {
+                    let mut insert = tx
+                        .prepare_cached(
+                            "INSERT INTO bus_messages (topic, key, payload, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                        )
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    for (key, payload) in &owned {
+                        insert
+                            .execute(params![topic.as_str(), key, payload.as_ref(), now])
+                            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    }
+                }
+                let last = tx.last_insert_rowid();
+                tx.commit()
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                Ok(last)
+            })
+            .await
+            .map_err(bus_error)?;
+        if let Some(waker) = self.wakers.get(&topic) {
+            waker.send_replace(offset);
+        }
+        Ok(())
+    }
+
     async fn subscribe(
         &self,
         topic: Topic,
@@ -148,6 +192,7 @@ impl Bus for SqliteBus {
             buffer: VecDeque::new(),
             waker,
             commits: Arc::clone(&self.commits),
+            handled: None,
         }))
     }
 }
@@ -162,6 +207,9 @@ struct SqliteSubscription {
     buffer: VecDeque<BusMessage>,
     waker: watch::Receiver<i64>,
     commits: Arc<AtomicU64>,
+    /// The highest handled offset not yet written, and how many handled messages
+    /// it stands for.
+    handled: Option<(i64, u32)>,
 }
 
 impl SqliteSubscription {
@@ -218,7 +266,16 @@ impl Subscription for SqliteSubscription {
         }
     }
 
+    /// Offsets are written once per fetched batch (when its last message was handled)
+    /// or every [`COMMIT_EVERY`] messages, not once per message: at-least-once holds —
+    /// only handled offsets are written — and a crash replays at most one batch.
     async fn commit(&mut self, message: &BusMessage) -> Result<(), BusError> {
+        let count = self.handled.map_or(0, |(_, n)| n) + 1;
+        self.handled = Some((message.offset, count));
+        if !self.buffer.is_empty() && count < COMMIT_EVERY {
+            return Ok(());
+        }
+        self.handled = None;
         let (group, topic, offset) = (self.group.clone(), self.topic, message.offset);
         let prune = self.commits.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1;
         self.db

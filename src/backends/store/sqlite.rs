@@ -67,6 +67,61 @@ fn unavailable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
 
+/// Inserts one notification inside `tx` (see [`Store::insert_notification`]).
+fn insert_one(
+    tx: &rusqlite::Transaction<'_>,
+    new: NewNotification,
+    response: Option<&IdempotentResponse>,
+) -> Result<(Notification, bool), StoreError> {
+    if let Some(key) = &new.dedupe_key {
+        let existing = tx
+            .query_row(
+                "SELECT id, user_id, event, payload, created_at FROM notifications WHERE dedupe_key = ?1",
+                [key],
+                notification_from_row,
+            )
+            .optional()
+            .map_err(unavailable)?;
+        if let Some(existing) = existing {
+            return Ok((existing, false));
+        }
+    }
+    let user_id = match new.audience {
+        Audience::User(id) => Some(id),
+        Audience::Broadcast => None,
+    };
+    let created_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    tx.prepare_cached(
+        "INSERT INTO notifications (user_id, event, payload, dedupe_key, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut insert| {
+        insert.execute(params![
+            user_id.map(|u| u.to_string()),
+            new.event.as_str(),
+            new.payload.get(),
+            new.dedupe_key,
+            created_at
+        ])
+    })
+    .map_err(unavailable)?;
+    let id: NotificationId = tx.last_insert_rowid();
+    if let Some(response) = response {
+        let body = serde_json::to_vec(&serde_json::json!({ "id": id })).map_err(unavailable)?;
+        store_response(tx, response, &body).map_err(unavailable)?;
+    }
+    Ok((
+        Notification {
+            id,
+            user_id,
+            event: new.event,
+            payload: new.payload,
+            created_at: parse_time(&created_at),
+        },
+        true,
+    ))
+}
+
 /// The SQLite database: one writer, a few readers. Shared by the store and the
 /// embedded bus.
 pub struct SqliteDb {
@@ -432,59 +487,40 @@ impl Store for SqliteStore {
         notification: &NewNotification,
         response: Option<&IdempotentResponse>,
     ) -> Result<(Notification, bool), StoreError> {
-        let (new, response) = (notification.clone(), response.cloned());
-        self.db
+        self.insert_notifications(&[(notification, response)])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Unavailable("no result".into())))
+    }
+
+    /// The whole batch in one transaction: one commit for all of it.
+    async fn insert_notifications(
+        &self,
+        batch: &[(&NewNotification, Option<&IdempotentResponse>)],
+    ) -> Vec<Result<(Notification, bool), StoreError>> {
+        let owned: Vec<(NewNotification, Option<IdempotentResponse>)> = batch
+            .iter()
+            .map(|(n, r)| ((*n).clone(), r.cloned()))
+            .collect();
+        let count = owned.len();
+        let written = self
+            .db
             .write(move |conn| {
                 let tx = conn.transaction().map_err(unavailable)?;
-                if let Some(key) = &new.dedupe_key {
-                    let existing = tx
-                        .query_row(
-                            "SELECT id, user_id, event, payload, created_at FROM notifications WHERE dedupe_key = ?1",
-                            [key],
-                            notification_from_row,
-                        )
-                        .optional()
-                        .map_err(unavailable)?;
-                    if let Some(existing) = existing {
-                        return Ok((existing, false));
-                    }
-                }
-                let user_id = match new.audience {
-                    Audience::User(id) => Some(id),
-                    Audience::Broadcast => None,
-                };
-                let created_at = Utc::now();
-                tx.execute(
-                    "INSERT INTO notifications (user_id, event, payload, dedupe_key, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
-                        user_id.map(|u| u.to_string()),
-                        new.event.as_str(),
-                        new.payload.get(),
-                        new.dedupe_key,
-                        created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                    ],
-                )
-                .map_err(unavailable)?;
-                let id: NotificationId = tx.last_insert_rowid();
-                if let Some(response) = &response {
-                    let body = serde_json::to_vec(&serde_json::json!({ "id": id })).map_err(unavailable)?;
-                    store_response(&tx, response, &body).map_err(unavailable)?;
-                }
+                let stored = owned
+                    .into_iter()
+                    .map(|(new, response)| insert_one(&tx, new, response.as_ref()))
+                    .collect::<Result<Vec<_>, _>>()?;
                 tx.commit().map_err(unavailable)?;
-                let created_at = parse_time(&created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-                Ok((
-                    Notification {
-                        id,
-                        user_id,
-                        event: new.event,
-                        payload: new.payload,
-                        created_at,
-                    },
-                    true,
-                ))
+                Ok(stored)
             })
-            .await
+            .await;
+        match written {
+            Ok(stored) => stored.into_iter().map(Ok).collect(),
+            Err(err) => (0..count)
+                .map(|_| Err(StoreError::Unavailable(err.to_string())))
+                .collect(),
+        }
     }
 
     async fn prune_notifications(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
