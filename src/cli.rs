@@ -94,7 +94,8 @@ pub struct TokenArgs {
     #[arg(long, value_enum, default_value_t = Scope::User)]
     pub scope: Scope,
     /// Lifetime in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    #[arg(long, value_name = "SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub ttl: u64,
     /// Data directory of the node whose secret signs the token [default: ./data].
     /// The node must have started there once (or `auth.jwt_secret` be configured).

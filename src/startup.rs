@@ -340,6 +340,11 @@ impl Application {
     /// # Errors
     /// As [`Self::build`].
     pub async fn build_with(settings: Settings, hooks: Hooks) -> anyhow::Result<Self> {
+        // Bind first: a port in use is reported before any data is touched or any
+        // actor started.
+        let listener = TcpListener::bind(&settings.server.bind)
+            .with_context(|| format!("while binding {}", settings.server.bind))?;
+        let port = listener.local_addr()?.port();
         let tokens = TokenService::new(&token_secret(&settings)?)?;
         let data_dir = settings.server.data_dir.clone();
         let node_id = settings
@@ -518,9 +523,6 @@ impl Application {
             metrics: metrics.clone(),
         });
 
-        let listener = TcpListener::bind(&settings.server.bind)
-            .with_context(|| format!("while binding {}", settings.server.bind))?;
-        let port = listener.local_addr()?.port();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -579,8 +581,9 @@ impl Application {
         );
         let stopped = tokio::time::timeout(drain.timeout, async {
             drain.drain().await;
-            handle.stop(true).await;
-            server.await
+            // The server future must keep being polled for the stop to complete.
+            let ((), result) = tokio::join!(handle.stop(true), server);
+            result
         })
         .await;
         match stopped {

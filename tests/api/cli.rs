@@ -159,3 +159,31 @@ async fn serve_flags_work_without_the_word_serve() {
     let node = Node::spawn_with_args(command, dir.path(), &[]);
     assert_eq!(node.app.get("/livez", None).await.status, 200);
 }
+
+#[test]
+fn a_port_in_use_is_one_clear_error_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(dir.path(), &["serve", "--bind", &addr], &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("while binding") && stderr.contains("in use"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "no data directory is created for a node that cannot start"
+    );
+}
+
+#[test]
+fn a_token_that_would_be_born_expired_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = UserId::new().to_string();
+    let out = run(dir.path(), &["token", "--user", &user, "--ttl", "0"], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ttl"));
+}

@@ -72,13 +72,14 @@ async fn sigterm_closes_every_session_with_1012_loses_nothing_acknowledged_and_e
     } else {
         None
     };
-    let timeout_secs = 20;
+    // Generous: the node must finish by draining, well before the timeout cuts it off.
+    let timeout_secs = 60;
     let mut node = Node::start_on(
         dir.path(),
         backdrop.clone(),
         &[
             ("HERALD__SHUTDOWN__DRAIN_WINDOW_SECS", "2"),
-            ("HERALD__SHUTDOWN__TIMEOUT_SECS", "20"),
+            ("HERALD__SHUTDOWN__TIMEOUT_SECS", "60"),
         ],
     );
     let app = &node.app;
@@ -132,6 +133,12 @@ async fn sigterm_closes_every_session_with_1012_loses_nothing_acknowledged_and_e
         .await
         .expect("the node exits within its shutdown timeout");
     assert!(status.success(), "clean exit, got {status}");
+    let log = node.log.lock().unwrap().join("\n");
+    assert!(log.contains("drained"), "the drain ran to its end:\n{log}");
+    assert!(
+        !log.contains("shutdown timeout reached"),
+        "the node stopped by draining, not by its timeout:\n{log}"
+    );
     let acknowledged = publishing.await.unwrap();
     assert!(!acknowledged.is_empty());
     drop(node);

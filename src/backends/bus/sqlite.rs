@@ -280,10 +280,10 @@ impl Subscription for SqliteSubscription {
         let prune = self.commits.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1;
         self.db
             .write(move |conn| {
-                conn.execute(
+                conn.prepare_cached(
                     "UPDATE bus_offsets SET committed = MAX(committed, ?3) WHERE grp = ?1 AND topic = ?2",
-                    params![group, topic.as_str(), offset],
                 )
+                .and_then(|mut update| update.execute(params![group, topic.as_str(), offset]))
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
                 if prune {
                     // Messages every group of the topic has handled are not needed.

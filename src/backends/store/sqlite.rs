@@ -75,12 +75,10 @@ fn insert_one(
 ) -> Result<(Notification, bool), StoreError> {
     if let Some(key) = &new.dedupe_key {
         let existing = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT id, user_id, event, payload, created_at FROM notifications WHERE dedupe_key = ?1",
-                [key],
-                notification_from_row,
             )
-            .optional()
+            .and_then(|mut select| select.query_row([key], notification_from_row).optional())
             .map_err(unavailable)?;
         if let Some(existing) = existing {
             return Ok((existing, false));
