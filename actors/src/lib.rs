@@ -14,6 +14,8 @@
 //! - [`supervisor`]: restart pacing and the restart budget behind `failed`.
 //! - [`breaker`]: the circuit breaker around the mail transport.
 //! - [`backoff`]: exponential backoff with full jitter, shared by retrying actors.
+//! - [`frame_guard`]: refuses WebSocket frames by their announced length, before
+//!   their payload is buffered.
 //! - [`pump`]: the batch-draining loop shared by the outbox relay and the mailer.
 //! - Actors, one per file: [`session`] (`WsSession`), [`registry`] (`Registry`),
 //!   [`writer`] (`NotificationWriter`), [`consumer`] (`Consumer`, one per topic),
@@ -29,6 +31,7 @@ pub mod breaker;
 pub mod consumer;
 pub mod delivery;
 pub mod domain;
+pub mod frame_guard;
 pub mod health;
 pub mod janitor;
 pub mod mailer;

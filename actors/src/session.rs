@@ -6,7 +6,7 @@
 //! This is the only file that touches `actix-web-actors` (deprecated upstream): a
 //! replacement only has to change it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use crate::activity::RecordActivity;
 use crate::domain::{ActivitySource, Notification, NotificationId, UserId};
+use crate::frame_guard::FrameGuard;
 use crate::messages::{CloseSession, Connect, Disconnect, Push, SessionId};
 use crate::metrics::HotCounters;
 use crate::ports::Store;
@@ -107,6 +108,8 @@ pub struct WsSession {
     activity: Recipient<RecordActivity>,
     /// The UTC day activity was last reported for: at most one report a day.
     activity_day: Option<NaiveDate>,
+    /// Raised by the [`FrameGuard`] when the client announced a frame over the limit.
+    oversized: Arc<AtomicBool>,
 }
 
 impl WsSession {
@@ -131,6 +134,7 @@ impl WsSession {
             delivery: Delivery::Live,
             last_sent: None,
             fragments: None,
+            oversized: Arc::default(),
             initial_after,
             activity,
             activity_day: None,
@@ -451,6 +455,9 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
                 ctx.stop();
             }
             Err(ProtocolError::Overflow) => Self::close(ctx, 1009, "frame too large"),
+            Err(ProtocolError::Io(_)) if self.oversized.load(Ordering::Relaxed) => {
+                Self::close(ctx, 1009, "frame too large")
+            }
             Err(err) => {
                 debug!(session_id = self.id, error = %err, "websocket protocol error");
                 Self::close(ctx, 1002, "protocol error");
@@ -469,7 +476,8 @@ pub fn start(
     stream: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
     let frame_size = session.config.max_frame_bytes;
-    ws::WsResponseBuilder::new(session, req, stream)
+    let guarded = FrameGuard::new(stream, frame_size, Arc::clone(&session.oversized));
+    ws::WsResponseBuilder::new(session, req, guarded)
         .frame_size(frame_size)
         .start()
 }

@@ -329,3 +329,53 @@ async fn a_client_that_stops_reading_is_dropped_from_the_registry() {
     .await;
     drop(stream);
 }
+
+/// Reads server frames from a raw socket until a close frame; returns its code, or
+/// `None` when the connection ends without one.
+fn read_close_code(stream: &mut TcpStream) -> Option<u16> {
+    stream
+        .set_read_timeout(Some(crate::helpers::deadline()))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        // Server frames are unmasked: [0x88, len, code_hi, code_lo, ...] for a close.
+        if let Some(at) = seen.windows(2).position(|w| w[0] == 0x88 && w[1] >= 2) {
+            if seen.len() >= at + 4 {
+                return Some(u16::from_be_bytes([seen[at + 2], seen[at + 3]]));
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_frame_announcing_a_huge_length_closes_with_1009_before_its_payload_is_buffered() {
+    let app = spawn_app().await;
+    let token = app.tokens.issue(UserId::new(), "", 3600).unwrap();
+    let port = app.port;
+    let code = actix_web::rt::task::spawn_blocking(move || {
+        let mut stream = raw_websocket(port, &token);
+        // FIN + text, masked, 64-bit length 2^62, then the mask.
+        let mut header = vec![0x81, 0xff];
+        header.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        stream.write_all(&header).unwrap();
+        // Keep sending "payload"; the server must not wait for (or keep) it. Writes
+        // start failing once the server has closed the connection.
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..16 {
+            if stream.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        read_close_code(&mut stream)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1009));
+    assert_eq!(app.get("/livez", None).await.status, 200);
+}
