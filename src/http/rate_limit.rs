@@ -310,7 +310,9 @@ pub async fn limit_requests(
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let verdict = req.app_data::<web::Data<AppState>>().and_then(|state| {
         let limits = state.rate_limits.as_ref()?;
-        let limiter = limits.policy(req.path())?;
+        // The path the router matches (percent-decoded), so `/api/users/%73ignup` is
+        // limited as the signup it reaches.
+        let limiter = limits.policy(req.match_info().as_str())?;
         let peer = req.peer_addr()?.ip();
         let forwarded = req
             .headers()

@@ -217,10 +217,12 @@ async fn signup_login_and_new_websockets_have_their_own_stricter_limits() {
         signup.header("ratelimit-policy"),
         Some("\"signup\";q=3;w=60")
     );
-    for _ in 0..2 {
-        assert_ne!(post("/api/users/login").await.status, 429);
-    }
+    // A percent-encoded path reaches the same route and counts against its limit.
+    assert_eq!(post("/api/users/%73ignup").await.status, 429);
+    assert_ne!(post("/api/users/login").await.status, 429);
+    assert_ne!(post("/api/users/%6Cogin").await.status, 429);
     assert_eq!(post("/api/users/login").await.status, 429);
+    assert_eq!(post("/api/users/%6Cogin").await.status, 429);
     // The general API quota is untouched by those.
     assert_eq!(
         get_from(&app, CLIENT, "/api/users/me", &[]).await.status,
