@@ -157,6 +157,16 @@ impl CircuitBreaker {
         }
     }
 
+    /// Gives back a permit whose call said nothing about the guarded service (it never
+    /// reached it), so a half-open breaker still gets all its trial calls.
+    pub fn release(&mut self) {
+        if self.state == BreakerState::HalfOpen
+            && self.trials_left + self.trials_passed < self.config.half_open_calls
+        {
+            self.trials_left += 1;
+        }
+    }
+
     /// Records the outcome of a permitted call that took `duration`.
     pub fn record(
         &mut self,
@@ -220,6 +230,32 @@ mod tests {
             CircuitBreaker::new(BreakerConfig::default()),
             Instant::now(),
         )
+    }
+
+    #[test]
+    fn a_released_trial_permit_can_be_used_again() {
+        let (mut b, t) = breaker();
+        for _ in 0..10 {
+            b.record(t, false, FAST);
+        }
+        let later = t + Duration::from_secs(31);
+        assert_eq!(
+            b.try_acquire(later).unwrap().map(|tr| tr.to),
+            Some(BreakerState::HalfOpen)
+        );
+        b.release();
+        for _ in 0..3 {
+            assert!(b.try_acquire(later).is_ok());
+        }
+        assert!(b.try_acquire(later).is_err(), "only three trials in flight");
+        b.release();
+        b.release();
+        b.release();
+        b.release();
+        for _ in 0..3 {
+            assert!(b.try_acquire(later).is_ok());
+        }
+        assert!(b.try_acquire(later).is_err(), "releases never add trials");
     }
 
     #[test]

@@ -20,7 +20,10 @@ const MAX_HEADER: usize = 14;
 #[derive(Debug)]
 enum Position {
     /// Collecting a frame header.
-    Header { bytes: [u8; MAX_HEADER], have: usize },
+    Header {
+        bytes: [u8; MAX_HEADER],
+        have: usize,
+    },
     /// Inside a payload with this many bytes to go.
     Payload(u64),
 }

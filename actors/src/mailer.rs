@@ -130,7 +130,14 @@ async fn send_due(
             }
         }
         let started = Instant::now();
-        let success = send_one(store, transport, config, stats, job).await;
+        // `None`: the relay was not to blame (or not reached) and the call does not
+        // count for the breaker.
+        let Some(success) = send_one(store, transport, config, stats, job).await else {
+            if let Ok(mut breaker) = breaker.lock() {
+                breaker.release();
+            }
+            continue;
+        };
         let transition = breaker
             .lock()
             .ok()
@@ -161,9 +168,13 @@ async fn send_one(
     config: &MailerConfig,
     stats: &ActorStats,
     job: MailJob,
-) -> bool {
+) -> Option<bool> {
     let outcome = transport.send(&job).await;
-    let success = outcome.is_ok();
+    let success = match &outcome {
+        Ok(()) => Some(true),
+        Err(MailError::Undeliverable(_)) => None,
+        Err(_) => Some(false),
+    };
     let recorded = match outcome {
         Ok(()) => {
             info!(mail_id = %job.id, "mail sent");

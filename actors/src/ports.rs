@@ -269,9 +269,14 @@ pub enum MailError {
     /// Worth retrying (connection refused, 4xx, timeout, disk full).
     #[error("temporary mail failure: {0}")]
     Transient(String),
-    /// Retrying cannot help (5xx, invalid address).
+    /// The relay refused for good (5xx); retried anyway, since relays answer 5xx for
+    /// their own misconfiguration too.
     #[error("permanent mail failure: {0}")]
     Permanent(String),
+    /// The message itself can never be sent by any relay (a recipient the mail library
+    /// refuses): dead-lettered at once, and not counted against the relay's breaker.
+    #[error("undeliverable mail: {0}")]
+    Undeliverable(String),
 }
 
 /// Sends one email. Sending the same `job.id` twice must not produce two emails where

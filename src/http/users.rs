@@ -65,6 +65,18 @@ impl SignupRequest {
             Email::parse(e)
                 .map_err(|err| errors.push(FieldError::new("email", err.0)))
                 .ok()
+                // The welcome email must be sendable: refuse what the mail library
+                // would (`a..b@x`, `a,b@x`), rather than accept a user it cannot reach.
+                .filter(|email| {
+                    let sendable = email.as_str().parse::<lettre::Address>().is_ok();
+                    if !sendable {
+                        errors.push(FieldError::new(
+                            "email",
+                            "is not an address mail can be delivered to",
+                        ));
+                    }
+                    sendable
+                })
         });
         let name = required("name", &self.name, &mut errors).and_then(|n| {
             UserName::parse(n)

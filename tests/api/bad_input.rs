@@ -246,3 +246,20 @@ async fn oversized_request_headers_get_431_problem_json() {
     );
     still_serving(&app).await;
 }
+
+#[actix_web::test]
+async fn an_email_no_mail_could_reach_is_refused_at_signup() {
+    let app = spawn_app().await;
+    for email in [
+        "a..b@example.com",
+        "a,b@example.com",
+        ".a@example.com",
+        "a(b)@example.com",
+    ] {
+        let body = json!({ "email": email, "name": "A", "password": "long enough" });
+        let reply = signup_raw(&app, "application/json", body.to_string().into_bytes()).await;
+        assert_problem(&reply, 422, "validation_failed");
+        assert_eq!(reply.body["errors"][0]["field"], "email", "{email}");
+    }
+    still_serving(&app).await;
+}

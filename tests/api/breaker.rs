@@ -205,3 +205,44 @@ async fn mail_out_of_attempts_is_a_dead_letter_an_admin_can_list_and_redrive() {
         .await;
     assert_eq!(bad.status, 422);
 }
+
+#[actix_web::test]
+async fn mail_no_relay_could_send_is_dead_lettered_at_once_without_tripping_the_breaker() {
+    let sink = SmtpSink::start().await;
+    let app = spawn_app_with(|settings| {
+        use_sink(settings, &sink);
+        settings.mail.breaker.min_calls = 1;
+    })
+    .await;
+    // Signup refuses such addresses now; mail queued before that (or by other means)
+    // still has to be dealt with.
+    let store = app.store().await;
+    for n in 0..3 {
+        let job = herald_actors::domain::MailJob {
+            id: format!("legacy-{n}"),
+            to: herald_actors::domain::Email::parse(&format!("a..b{n}@example.com")).unwrap(),
+            to_name: "A".into(),
+            subject: "Hi".into(),
+            body: "Hello".into(),
+            attempts: 0,
+        };
+        assert!(store.enqueue_mail(&job).await.unwrap());
+    }
+    let admin = app.tokens.issue(UserId::new(), "admin", 3600).unwrap();
+    app.eventually("the undeliverable mail to be dead letters", || async {
+        let list = app.get("/api/admin/dead-letters", Some(&admin)).await;
+        let letters = list.body["dead_letters"].as_array().unwrap().clone();
+        (letters.len() == 3).then_some(letters)
+    })
+    .await
+    .iter()
+    .for_each(|letter| assert_eq!(letter["attempts"], 1, "{letter}"));
+    assert_eq!(mailer(&app).await["details"]["breaker"], "closed");
+    let user = app.create_user("Ada").await;
+    app.eventually("a deliverable welcome to arrive", || async {
+        delivered(&sink)
+            .contains_key(&format!("<{}>", user.email))
+            .then_some(())
+    })
+    .await;
+}

@@ -213,7 +213,10 @@ async fn store_a_batch_of_notifications_gets_ascending_ids_and_dedupes_within_it
     assert_eq!(results.len(), 5);
     let inserted: Vec<bool> = results.iter().map(|(_, new)| *new).collect();
     assert_eq!(inserted, [true, true, true, false, true]);
-    assert_eq!(results[3].0.id, results[1].0.id, "the duplicate is the first one");
+    assert_eq!(
+        results[3].0.id, results[1].0.id,
+        "the duplicate is the first one"
+    );
     let ada_ids: Vec<_> = [0, 2, 4].iter().map(|&i| results[i].0.id).collect();
     assert!(ada_ids.windows(2).all(|w| w[0] < w[1]), "{ada_ids:?}");
     let stored: Vec<_> = store

@@ -42,13 +42,13 @@ fn message_id(job: &MailJob, from: &Mailbox) -> String {
 /// Builds the RFC 5322 message for `job`.
 ///
 /// # Errors
-/// [`MailError::Permanent`] when the recipient is not an address lettre accepts.
+/// [`MailError::Undeliverable`] when the recipient is not an address lettre accepts.
 pub fn build_message(job: &MailJob, from: &Mailbox) -> Result<Message, MailError> {
     let to_address = job
         .to
         .as_str()
         .parse()
-        .map_err(|e| MailError::Permanent(format!("invalid recipient: {e}")))?;
+        .map_err(|e| MailError::Undeliverable(format!("invalid recipient: {e}")))?;
     Message::builder()
         .from(from.clone())
         .to(Mailbox::new(Some(job.to_name.clone()), to_address))
@@ -56,7 +56,7 @@ pub fn build_message(job: &MailJob, from: &Mailbox) -> Result<Message, MailError
         .message_id(Some(message_id(job, from)))
         .header(ContentType::TEXT_PLAIN)
         .body(job.body.clone())
-        .map_err(|e| MailError::Permanent(format!("cannot build message: {e}")))
+        .map_err(|e| MailError::Undeliverable(format!("cannot build message: {e}")))
 }
 
 fn file_name(id: &str) -> String {
