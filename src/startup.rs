@@ -148,6 +148,21 @@ impl Drainer {
     }
 }
 
+/// Makes the kernel abort a connection whose peer has not taken data for `limit`
+/// (`TCP_USER_TIMEOUT`, which also bounds zero-window probing). A WebSocket client that
+/// stops reading fills its socket; actix then stops driving the session, so neither its
+/// close (1013) nor its idle timer can run — the kernel is what still can end it.
+fn abort_unacknowledged_after(conn: &dyn std::any::Any, limit: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Err(err) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(limit)) {
+            warn!(error = %err, "TCP_USER_TIMEOUT not set");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
+    let _ = (conn, limit);
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     #[cfg(unix)]
@@ -523,6 +538,7 @@ impl Application {
             metrics: metrics.clone(),
         });
 
+        let unacknowledged_limit = Duration::from_secs(settings.websocket.client_timeout_secs);
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -535,6 +551,7 @@ impl Application {
                     Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))
                 }))
         })
+        .on_connect(move |conn, _| abort_unacknowledged_after(conn, unacknowledged_limit))
         // Signals are handled in `run_until_stopped`, which drains before stopping.
         .disable_signals()
         .shutdown_timeout(5)

@@ -298,8 +298,13 @@ fn socket_reset(stream: TcpStream) {
 }
 
 #[actix_web::test]
-async fn a_client_that_stops_reading_is_dropped_from_the_registry() {
-    let app = spawn_app_with(|s| s.websocket.outbound_queue = 8).await;
+async fn a_client_that_stops_reading_is_dropped_from_the_registry_then_disconnected() {
+    let app = spawn_app_with(|s| {
+        s.websocket.outbound_queue = 8;
+        s.websocket.heartbeat_interval_secs = 1;
+        s.websocket.client_timeout_secs = 3;
+    })
+    .await;
     let user = UserId::new();
     let token = app.tokens.issue(user, "", 3600).unwrap();
     let publisher = app.publisher_token();
@@ -325,6 +330,13 @@ async fn a_client_that_stops_reading_is_dropped_from_the_registry() {
     }
     app.eventually("the slow session to be dropped", || async {
         (registry_sessions(&app).await == 0).then_some(())
+    })
+    .await;
+    // Its connection is not kept either: the kernel gives up on a peer that takes no
+    // data for the client timeout, and the session ends with it.
+    app.eventually("the slow client's connection to end", || async {
+        let analytics = app.get("/api/analytics", None).await;
+        (analytics.body["connections"] == 0).then_some(())
     })
     .await;
     drop(stream);
