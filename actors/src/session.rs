@@ -458,6 +458,10 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
             Err(ProtocolError::Io(_)) if self.oversized.load(Ordering::Relaxed) => {
                 Self::close(ctx, 1009, "frame too large")
             }
+            // actix reports a text frame that is not UTF-8 as an I/O error; a real I/O
+            // error ends the connection anyway, so the close code only reaches clients
+            // that sent bad text.
+            Err(ProtocolError::Io(_)) => Self::close(ctx, 1007, "text frames must be UTF-8"),
             Err(err) => {
                 debug!(session_id = self.id, error = %err, "websocket protocol error");
                 Self::close(ctx, 1002, "protocol error");

@@ -391,3 +391,23 @@ async fn a_frame_announcing_a_huge_length_closes_with_1009_before_its_payload_is
     assert_eq!(code, Some(1009));
     assert_eq!(app.get("/livez", None).await.status, 200);
 }
+
+#[actix_web::test]
+async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    let app = spawn_app().await;
+    let token = app.tokens.issue(UserId::new(), "", 3600).unwrap();
+    let port = app.port;
+    let code = actix_web::rt::task::spawn_blocking(move || {
+        let mut stream = raw_websocket(port, &token);
+        let payload = [0xff, 0xfe, 0x80];
+        let mask = [7u8, 7, 7, 7];
+        let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        stream.write_all(&frame).unwrap();
+        read_close_code(&mut stream)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1007));
+}
