@@ -14,7 +14,7 @@ use herald_actors::domain::{BusMessage, Topic, UserId};
 
 use crate::helpers::{bus_for, spawn_app_with_hooks, TestApp};
 
-/// Panics on `notifications` messages whose body contains `trigger`; hands the rest to
+/// Panics on messages of one topic whose body contains `trigger`; hands the rest to
 /// the real handler.
 struct PanicOn {
     trigger: &'static str,
@@ -32,9 +32,13 @@ impl TopicHandler for PanicOn {
 }
 
 fn panicking_on(trigger: &'static str) -> Hooks {
+    panicking_on_topic(Topic::Notifications, trigger)
+}
+
+fn panicking_on_topic(target: Topic, trigger: &'static str) -> Hooks {
     Hooks {
         wrap_handler: Some(Arc::new(move |topic, inner| {
-            if topic == Topic::Notifications {
+            if topic == target {
                 Arc::new(PanicOn { trigger, inner }) as Arc<dyn TopicHandler>
             } else {
                 inner
@@ -150,19 +154,19 @@ async fn an_actor_over_its_restart_budget_fails_and_makes_the_node_unready() {
             settings.supervisor.window_secs = 300;
             settings.supervisor.cooldown_secs = 600;
         },
-        panicking_on("\"always\""),
+        // `user.created`: its consumer group starts at the beginning of the topic, so
+        // a restarted consumer reads the poison event again, in both modes.
+        panicking_on_topic(Topic::UserCreated, "\"Always\""),
     )
     .await;
-    let publisher = app.publisher_token();
-    for _ in 0..3 {
-        let reply = app
-            .publish(
-                &publisher,
-                &json!({ "user_id": UserId::new(), "event": "always", "payload": {} }),
-                None,
+    for n in 0..3 {
+        let signup = app
+            .signup(
+                &json!({ "email": format!("always{n}@example.com"), "name": "Always", "password": "correct horse" }),
+                Some(&format!("always-{n}")),
             )
             .await;
-        assert_eq!(reply.status, 202);
+        assert_eq!(signup.status, 201);
     }
 
     // Each restart of a Kafka consumer is a group rejoin; with the whole production
@@ -177,14 +181,14 @@ async fn an_actor_over_its_restart_budget_fails_and_makes_the_node_unready() {
         let reply = app.get("/readyz", None).await;
         let failed = reply.body["reasons"]
             .to_string()
-            .contains("consumer:notifications failed");
+            .contains("consumer:user.created failed");
         if reply.status == 503 && failed {
             break reply;
         }
         assert!(
             Instant::now() < until,
             "readyz did not fail within {wait:?}; consumer: {}",
-            actor(&app, "consumer:notifications").await
+            actor(&app, "consumer:user.created").await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -194,7 +198,7 @@ async fn an_actor_over_its_restart_budget_fails_and_makes_the_node_unready() {
         .unwrap()
         .contains("restarted more than 2 times in 300 s"));
     assert_eq!(
-        actor(&app, "consumer:notifications").await["status"],
+        actor(&app, "consumer:user.created").await["status"],
         "failed"
     );
     assert_eq!(app.get("/livez", None).await.status, 200);
