@@ -14,19 +14,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message};
 
-use crate::helpers::{kafka_brokers, spawn_production_app_with, Backdrop, Node, TestApp};
-
-/// Waits out the consumer session of a node just killed. tansu 0.6 (the broker of the
-/// test runs) drops a dead member only when another member next contacts the group, and
-/// does not reassign the partitions the dead member was given in a rebalance that
-/// completes meanwhile: a node that joins while the dead member's session is still
-/// alive can be left without the partition it needs for good. Apache Kafka evicts the
-/// member and rebalances when the session expires, so production needs no such wait.
-async fn wait_out_consumer_session(killed_at: std::time::Instant) {
-    let expired =
-        killed_at + herald::backends::bus::kafka::CONSUMER_SESSION_TIMEOUT + Duration::from_secs(1);
-    tokio::time::sleep_until(expired.into()).await;
-}
+use crate::helpers::{
+    kafka_brokers, spawn_production_app_with, wait_out_consumer_session, Backdrop, Node, TestApp,
+};
 
 /// A production-mode node whatever mode the suite runs in.
 async fn production_app() -> TestApp {

@@ -63,6 +63,9 @@ async fn a_signup_acknowledged_before_a_crash_is_welcomed_once_after_restart() {
     );
     assert!(node.app.mails().is_empty());
     node.kill();
+    if backdrop.is_some() {
+        crate::helpers::wait_out_consumer_session(std::time::Instant::now()).await;
+    }
 
     let node = Node::start_on(dir.path(), backdrop.clone(), &[]);
     let app = &node.app;
@@ -133,6 +136,9 @@ async fn users_and_history_survive_a_kill() {
         ids.push(reply.body["id"].clone());
     }
     node.kill();
+    if backdrop.is_some() {
+        crate::helpers::wait_out_consumer_session(std::time::Instant::now()).await;
+    }
 
     let node = Node::start_on(dir.path(), backdrop.clone(), &[]);
     let login = node.app.login(&user.email, &user.password).await;
