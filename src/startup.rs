@@ -60,8 +60,11 @@ pub const WELCOME_GROUP: &str = "welcome";
 /// history, not as a flood of stale pushes.
 pub const DELIVERY_GROUP: &str = "delivery";
 
-/// Consumer group that counts `user.activity` and `api.hit` into DAU/MAU.
-pub const ANALYTICS_GROUP: &str = "analytics";
+/// Consumer group that counts `user.activity` into DAU/MAU.
+pub const ACTIVITY_GROUP: &str = "analytics-activity";
+/// Consumer group that counts `api.hit` into DAU/MAU: its own group, so each group's
+/// members subscribe to one topic (simpler rebalances, and tansu assigns them reliably).
+pub const API_HIT_GROUP: &str = "analytics-api-hit";
 
 /// How often expired idempotency keys are pruned.
 pub const JANITOR_INTERVAL: Duration = Duration::from_secs(3600);
@@ -470,12 +473,12 @@ impl Application {
             ),
             (
                 Topic::UserActivity,
-                ANALYTICS_GROUP,
+                ACTIVITY_GROUP,
                 Arc::new(ActivityHandler::new(Arc::clone(&activity))),
             ),
             (
                 Topic::ApiHit,
-                ANALYTICS_GROUP,
+                API_HIT_GROUP,
                 Arc::new(ActivityHandler::new(Arc::clone(&activity))),
             ),
         ];
