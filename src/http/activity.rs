@@ -15,7 +15,7 @@ use herald_actors::domain::{ActivityEvent, ActivitySource, Topic};
 
 use super::json::{parse, read_body};
 use super::problem::{ApiError, FieldError};
-use super::{authenticate, AppState};
+use super::{authorize, AppState};
 use crate::auth::jwt::SCOPE_PUBLISH;
 
 /// Mounts the route.
@@ -36,10 +36,7 @@ async fn report_hits(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let claims = authenticate(&req, &state)?;
-    if !claims.has_scope(SCOPE_PUBLISH) {
-        return Err(ApiError::InsufficientScope(SCOPE_PUBLISH));
-    }
+    authorize(&req, &state, SCOPE_PUBLISH)?;
     let body = read_body(&req, payload, state.max_body_bytes, state.body_timeout).await?;
     let request = parse::<HitsRequest>(&req, &body)?;
     let event = ActivityEvent {

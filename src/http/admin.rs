@@ -9,7 +9,7 @@ use tracing::{info, instrument};
 use herald_actors::messages::Nudge;
 
 use super::problem::{ApiError, FieldError};
-use super::{authenticate, AppState};
+use super::{authorize, AppState};
 use crate::auth::jwt::SCOPE_ADMIN;
 
 /// Default and largest page of dead letters.
@@ -22,12 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let claims = authenticate(req, state)?;
-    if claims.has_scope(SCOPE_ADMIN) {
-        Ok(())
-    } else {
-        Err(ApiError::InsufficientScope(SCOPE_ADMIN))
-    }
+    authorize(req, state, SCOPE_ADMIN).map(|_| ())
 }
 
 #[derive(Deserialize)]

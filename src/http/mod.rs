@@ -132,3 +132,20 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Claims, ApiEr
         .verify(token)
         .map_err(|_| ApiError::Unauthorized("the token is invalid or expired"))
 }
+
+/// Verifies the bearer token and that it carries `scope`.
+///
+/// # Errors
+/// 401 as [`authenticate`]; 403 `insufficient_scope` without the scope.
+pub fn authorize(
+    req: &HttpRequest,
+    state: &AppState,
+    scope: &'static str,
+) -> Result<Claims, ApiError> {
+    let claims = authenticate(req, state)?;
+    if claims.has_scope(scope) {
+        Ok(claims)
+    } else {
+        Err(ApiError::InsufficientScope(scope))
+    }
+}

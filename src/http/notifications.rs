@@ -18,7 +18,7 @@ use herald_actors::ports::StoreError;
 use super::idempotency::{self, Claim, ClaimedKey};
 use super::json::{parse, read_body};
 use super::problem::{ApiError, FieldError};
-use super::{authenticate, AppState};
+use super::{authenticate, authorize, AppState};
 use crate::auth::jwt::SCOPE_PUBLISH;
 
 /// Largest payload object, serialized (DESIGN §4).
@@ -134,10 +134,7 @@ async fn publish(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let claims = authenticate(&req, &state)?;
-    if !claims.has_scope(SCOPE_PUBLISH) {
-        return Err(ApiError::InsufficientScope(SCOPE_PUBLISH));
-    }
+    let claims = authorize(&req, &state, SCOPE_PUBLISH)?;
     tracing::Span::current().record("publisher", tracing::field::display(claims.sub));
     let key = idempotency::key_from(&req)?;
     let body = read_body(&req, payload, state.max_body_bytes, state.body_timeout).await?;
