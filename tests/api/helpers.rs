@@ -814,9 +814,7 @@ impl PgTestDb {
                 .and_then(|t| t.parse::<i64>().ok())
                 .unwrap_or(now);
             if now - born > 3600 {
-                let _ = admin
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                    .await;
+                let _ = admin.batch_execute(&drop_schema_sql(&name)).await;
             }
         }
         let schema = format!("herald_test_{now}_{}", uuid::Uuid::new_v4().simple());
@@ -825,7 +823,10 @@ impl PgTestDb {
             .await
             .expect("create schema");
         let separator = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{separator}options=-csearch_path%3D{schema}");
+        // The schema's name doubles as the connections' application_name, so the
+        // clean-up can find and end them.
+        let url =
+            format!("{base}{separator}options=-csearch_path%3D{schema}&application_name={schema}");
         Self { url, schema }
     }
 
@@ -836,6 +837,19 @@ impl PgTestDb {
         postgres::migrate(&pool).await.expect("migrations apply");
         std::sync::Arc::new(postgres::PostgresStore::new(pool))
     }
+}
+
+/// SQL that drops a test schema without ever waiting long: it ends the connections
+/// still using it first (a node of the finished test may sit on this very thread, frozen
+/// inside a transaction while the drop waits for its locks), and gives up after a few
+/// seconds rather than hang the suite.
+fn drop_schema_sql(schema: &str) -> String {
+    format!(
+        "SET lock_timeout = '5s'; SET statement_timeout = '20s';
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE application_name = '{schema}' AND pid <> pg_backend_pid();
+         DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )
 }
 
 /// Drops the schema when the test is done, passed or failed. Drop cannot await, so
@@ -853,10 +867,7 @@ impl Drop for PgTestDb {
                     .await
                     .ok()?;
                 tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .await
-                    .ok()
+                client.batch_execute(&drop_schema_sql(&schema)).await.ok()
             })
         })
         .join();
