@@ -445,3 +445,50 @@ async fn postgres_migrations_apply_once_and_rerunning_is_a_no_op() {
     );
     assert_eq!(postgres::migrate(&pool).await.unwrap(), 0);
 }
+
+#[actix_web::test]
+async fn a_database_call_that_panics_fails_alone_and_the_threads_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteDb::open(&dir.path().join("herald.db")).unwrap();
+    let failed = db
+        .write(|_| -> Result<(), StoreError> { panic!("a bug in one call") })
+        .await;
+    assert!(
+        matches!(failed, Err(StoreError::Unavailable(_))),
+        "{failed:?}"
+    );
+    let failed = db
+        .read(|_| -> Result<(), StoreError> { panic!("a bug in one read") })
+        .await;
+    assert!(
+        matches!(failed, Err(StoreError::Unavailable(_))),
+        "{failed:?}"
+    );
+    // A transaction the panic interrupted was rolled back; the connection is usable.
+    let _ = db
+        .write(|conn| -> Result<(), StoreError> {
+            let tx = conn.transaction().unwrap();
+            tx.execute("CREATE TABLE half_done (x INTEGER)", [])
+                .unwrap();
+            panic!("mid-transaction")
+        })
+        .await;
+    let tables: i64 = db
+        .write(|conn| {
+            conn.query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'half_done'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(tables, 0);
+    let store = SqliteStore::new(Arc::new(db));
+    let ada = user("ada@example.com");
+    store
+        .create_user(&ada, "hash", &event(&ada), None)
+        .await
+        .expect("the writer still writes after the panics");
+}

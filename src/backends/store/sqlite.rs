@@ -2,21 +2,23 @@
 //!
 //! All writes go through one connection (SQLite has one writer anyway), which also
 //! makes notification ids grow in commit order. Reads use their own connections so
-//! they never queue behind writes. Calls run on tokio's blocking pool.
+//! they never queue behind writes. Each connection has a thread of its own (see
+//! [`SqliteDb`]).
 //!
 //! Durability: `synchronous=NORMAL` in WAL mode survives a process crash (SIGKILL)
 //! without losing a committed transaction; only an OS crash or power loss can drop the
 //! last few.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use serde_json::value::RawValue;
+use tokio::sync::oneshot;
 
 use herald_actors::domain::{
     Audience, Email, EventName, MailJob, NewNotification, Notification, NotificationId,
@@ -120,12 +122,23 @@ fn insert_one(
     ))
 }
 
-/// The SQLite database: one writer, a few readers. Shared by the store and the
-/// embedded bus.
+/// A call queued for the writer thread.
+type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+/// A call queued for whichever reader thread is free.
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// The SQLite database: one writer, a few readers, each connection owned by a thread of
+/// its own that runs the calls queued for it. Shared by the store and the embedded bus.
+///
+/// Dedicated threads rather than tokio's blocking pool: a call is one channel send and
+/// one wake-up, the writer thread stays warm while work keeps coming (group commits
+/// arrive back to back), and no call waits for a pool thread to be found or spawned.
+/// A call that panics is contained: its caller's reply channel drops (the caller sees
+/// `Unavailable`), an open transaction rolls back as it unwinds, and the thread goes on
+/// with the next call. The threads end when the database is dropped.
 pub struct SqliteDb {
-    writer: Arc<Mutex<Connection>>,
-    readers: Vec<Arc<Mutex<Connection>>>,
-    next_reader: AtomicUsize,
+    writer: mpsc::Sender<WriteJob>,
+    readers: mpsc::Sender<ReadJob>,
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
@@ -138,64 +151,85 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 impl SqliteDb {
-    /// Opens (creating if needed) the database at `path` and applies pending
-    /// migrations.
+    /// Opens (creating if needed) the database at `path`, applies pending migrations
+    /// and starts its threads.
     ///
     /// # Errors
-    /// When the file cannot be opened or a migration fails.
+    /// When the file cannot be opened, a migration fails or a thread cannot start.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut writer = open_connection(path).map_err(unavailable)?;
         migrate(&mut writer).map_err(unavailable)?;
-        let readers = (0..READERS)
-            .map(|_| open_connection(path).map(|c| Arc::new(Mutex::new(c))))
-            .collect::<rusqlite::Result<Vec<_>>>()
+        let (writer_jobs, writer_queue) = mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                while let Ok(job) = writer_queue.recv() {
+                    let _ = catch_unwind(AssertUnwindSafe(|| job(&mut writer)));
+                }
+            })
             .map_err(unavailable)?;
+        let (reader_jobs, reader_queue) = mpsc::channel::<ReadJob>();
+        let reader_queue = Arc::new(Mutex::new(reader_queue));
+        for n in 0..READERS {
+            let conn = open_connection(path).map_err(unavailable)?;
+            let queue = Arc::clone(&reader_queue);
+            std::thread::Builder::new()
+                .name(format!("sqlite-reader-{n}"))
+                .spawn(move || loop {
+                    // The lock is held only while waiting for a job, so a free reader
+                    // takes the next one.
+                    let job = match queue.lock().map(|q| q.recv()) {
+                        Ok(Ok(job)) => job,
+                        _ => return,
+                    };
+                    let _ = catch_unwind(AssertUnwindSafe(|| job(&conn)));
+                })
+                .map_err(unavailable)?;
+        }
         Ok(Self {
-            writer: Arc::new(Mutex::new(writer)),
-            readers,
-            next_reader: AtomicUsize::new(0),
+            writer: writer_jobs,
+            readers: reader_jobs,
         })
     }
 
-    /// Runs `f` on the writer connection, on the blocking pool.
+    /// Runs `f` on the writer connection, on the writer thread.
     ///
     /// # Errors
-    /// The error `f` returns, or `Unavailable` when the task dies.
+    /// The error `f` returns, or `Unavailable` when `f` panicked.
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.writer);
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| unavailable("writer connection poisoned"))?;
-            f(&mut guard)
-        })
-        .await
-        .map_err(unavailable)?
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Box::new(move |conn| {
+                let _ = reply.send(f(conn));
+            }))
+            .map_err(|_| unavailable("the database writer thread is gone"))?;
+        answer
+            .await
+            .map_err(|_| unavailable("the database call failed (panicked)"))?
     }
 
-    /// Runs `f` on a reader connection, on the blocking pool.
+    /// Runs `f` on a free reader connection, on its thread.
     ///
     /// # Errors
-    /// The error `f` returns, or `Unavailable` when the task dies.
+    /// The error `f` returns, or `Unavailable` when `f` panicked.
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        let conn = Arc::clone(&self.readers[index]);
-        tokio::task::spawn_blocking(move || {
-            let guard = conn
-                .lock()
-                .map_err(|_| unavailable("reader connection poisoned"))?;
-            f(&guard)
-        })
-        .await
-        .map_err(unavailable)?
+        let (reply, answer) = oneshot::channel();
+        self.readers
+            .send(Box::new(move |conn| {
+                let _ = reply.send(f(conn));
+            }))
+            .map_err(|_| unavailable("the database reader threads are gone"))?;
+        answer
+            .await
+            .map_err(|_| unavailable("the database call failed (panicked)"))?
     }
 }
 
