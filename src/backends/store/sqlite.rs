@@ -64,6 +64,8 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
 
 /// Read connections kept open.
 const READERS: usize = 2;
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(err.to_string())
@@ -139,6 +141,8 @@ type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 pub struct SqliteDb {
     writer: mpsc::Sender<WriteJob>,
     readers: mpsc::Sender<ReadJob>,
+    /// Dropped with the database, which ends the checkpoint thread.
+    _checkpoints: mpsc::Sender<()>,
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
@@ -159,6 +163,27 @@ impl SqliteDb {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut writer = open_connection(path).map_err(unavailable)?;
         migrate(&mut writer).map_err(unavailable)?;
+        // Checkpoints (the fsyncs of WAL mode) run on a thread of their own, not inside
+        // whichever commit crosses the WAL threshold.
+        writer
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(unavailable)?;
+        let checkpointer = open_connection(path).map_err(unavailable)?;
+        let (stop_checkpoints, stopped) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
+                {
+                    // PASSIVE never blocks the writer or the readers; what it cannot
+                    // copy now it copies next time.
+                    let _ =
+                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+                let _ = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            })
+            .map_err(unavailable)?;
         let (writer_jobs, writer_queue) = mpsc::channel::<WriteJob>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -189,6 +214,7 @@ impl SqliteDb {
         Ok(Self {
             writer: writer_jobs,
             readers: reader_jobs,
+            _checkpoints: stop_checkpoints,
         })
     }
 
