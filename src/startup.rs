@@ -251,7 +251,12 @@ impl Backends {
                 let db = Arc::new(open_embedded_db(data_dir)?);
                 Ok(Self {
                     store: Arc::new(SqliteStore::new(Arc::clone(&db))),
-                    bus: Arc::new(SqliteBus::new(Arc::clone(&db), &[DELIVERY_GROUP])),
+                    // Notifications are durable in the store before they are
+                    // published; their topic needs no second log.
+                    bus: Arc::new(
+                        SqliteBus::new(Arc::clone(&db), &[DELIVERY_GROUP])
+                            .keep_in_memory(&[Topic::Notifications]),
+                    ),
                     embedded_db: Some(db),
                     // A configured relay is used in embedded mode too.
                     transport: if settings.smtp.host.is_some() {

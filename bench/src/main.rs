@@ -67,8 +67,8 @@ struct NodeArgs {
 enum ViaArg {
     /// `POST /api/notifications`.
     Http,
-    /// Straight onto the node's `notifications` topic (Kafka in production mode, the
-    /// SQLite log in embedded mode).
+    /// Straight onto the node's `notifications` topic on Kafka (production mode; an
+    /// embedded node keeps that topic in its own memory).
     Bus,
 }
 

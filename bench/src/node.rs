@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use herald::auth::jwt::TokenService;
 use herald::backends::bus::kafka::{KafkaBus, KafkaSettings};
-use herald::backends::bus::sqlite::SqliteBus;
-use herald::backends::store::sqlite::SqliteDb;
 use herald_actors::ports::Bus;
 use rand::RngCore;
 use secrecy::SecretString;
@@ -200,8 +198,8 @@ impl Node {
         }
     }
 
-    /// The node's own bus, opened from the harness: its Kafka topics in production
-    /// mode, its SQLite log in embedded mode.
+    /// The node's own bus, opened from the harness: its Kafka topics (production mode
+    /// only).
     ///
     /// # Errors
     /// When the bus cannot be opened.
@@ -223,13 +221,11 @@ impl Node {
                     name: "kafka",
                 })
             }
-            None => {
-                let db = SqliteDb::open(&self.dir.path().join(herald::startup::DATABASE_FILE))?;
-                Ok(Via::Bus {
-                    bus: Arc::new(SqliteBus::new(Arc::new(db), &[])) as Arc<dyn Bus>,
-                    name: "sqlite",
-                })
-            }
+            None => bail!(
+                "--via bus needs production mode (--production): an embedded node keeps its \
+                 notifications topic in its own memory (the notifications are durable in its \
+                 store already), so no other process can publish onto it"
+            ),
         }
     }
 

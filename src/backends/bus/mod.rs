@@ -1,4 +1,5 @@
 //! Bus adapters.
 
 pub mod kafka;
+pub mod memory;
 pub mod sqlite;

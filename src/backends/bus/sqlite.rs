@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use herald_actors::domain::{BusMessage, Topic};
 use herald_actors::ports::{Bus, BusError, StoreError, Subscription};
 
+use super::memory::MemoryBus;
 use crate::backends::store::sqlite::SqliteDb;
 
 /// Messages fetched per read.
@@ -48,6 +49,8 @@ pub struct SqliteBus {
     wakers: HashMap<Topic, watch::Sender<i64>>,
     start_from: HashMap<String, StartFrom>,
     commits: Arc<AtomicU64>,
+    /// Topics kept in memory instead (see [`SqliteBus::keep_in_memory`]).
+    memory: Option<MemoryBus>,
 }
 
 impl SqliteBus {
@@ -67,13 +70,37 @@ impl SqliteBus {
             wakers,
             start_from,
             commits: Arc::new(AtomicU64::new(0)),
+            memory: None,
         }
+    }
+
+    /// Keeps `topics` in memory rather than in the database: for topics whose
+    /// messages are durable elsewhere already (see [`MemoryBus`]). Groups start where
+    /// they would on the database.
+    #[must_use]
+    pub fn keep_in_memory(mut self, topics: &[Topic]) -> Self {
+        let latest: Vec<&str> = self
+            .start_from
+            .iter()
+            .filter(|(_, s)| **s == StartFrom::Latest)
+            .map(|(g, _)| g.as_str())
+            .collect();
+        self.memory = Some(MemoryBus::new(topics, &latest));
+        self
+    }
+
+    /// The in-memory bus, when it carries `topic`.
+    fn in_memory(&self, topic: Topic) -> Option<&MemoryBus> {
+        self.memory.as_ref().filter(|m| m.carries(topic))
     }
 }
 
 #[async_trait]
 impl Bus for SqliteBus {
     async fn publish(&self, topic: Topic, key: &str, payload: Bytes) -> Result<(), BusError> {
+        if let Some(memory) = self.in_memory(topic) {
+            return memory.publish(topic, key, payload).await;
+        }
         let key = key.to_owned();
         let offset = self
             .db
@@ -101,6 +128,9 @@ impl Bus for SqliteBus {
     ) -> Result<(), BusError> {
         if messages.is_empty() {
             return Ok(());
+        }
+        if let Some(memory) = self.in_memory(topic) {
+            return memory.publish_batch(topic, messages).await;
         }
         let owned = messages.to_vec();
         let offset = self
@@ -140,6 +170,9 @@ impl Bus for SqliteBus {
         topic: Topic,
         group: &str,
     ) -> Result<Box<dyn Subscription>, BusError> {
+        if let Some(memory) = self.in_memory(topic) {
+            return memory.subscribe(topic, group).await;
+        }
         let start = self
             .start_from
             .get(group)
