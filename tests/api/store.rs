@@ -49,6 +49,8 @@ contract!(
     store_a_notification_and_its_idempotent_response_commit_together,
     store_mail_is_queued_once_and_retried_when_due,
     store_outbox_events_stay_pending_until_marked_published,
+    store_concurrent_batches_over_the_same_users_in_any_order_all_commit,
+    store_a_batch_stores_each_idempotent_response_with_its_own_id,
 );
 
 fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
@@ -491,4 +493,91 @@ async fn a_database_call_that_panics_fails_alone_and_the_threads_carry_on() {
         .create_user(&ada, "hash", &event(&ada), None)
         .await
         .expect("the writer still writes after the panics");
+}
+
+async fn store_concurrent_batches_over_the_same_users_in_any_order_all_commit(
+    store: Arc<dyn Store>,
+) {
+    // Each batch names the same users in its own order: on PostgreSQL every batch
+    // locks all of them, so locks taken in batch order would deadlock (and one batch
+    // would fail).
+    let users: Vec<UserId> = (0..6).map(|_| UserId::new()).collect();
+    let batches = (0..8usize).map(|round| {
+        let store = Arc::clone(&store);
+        let mut order = users.clone();
+        order.rotate_left(round % users.len());
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        async move {
+            let notes: Vec<_> = order.iter().map(|u| note(*u, None)).collect();
+            let batch: Vec<_> = notes.iter().map(|n| (n, None)).collect();
+            store.insert_notifications(&batch).await
+        }
+    });
+    for results in futures_util::future::join_all(batches).await {
+        for result in results {
+            result.expect("every batch commits");
+        }
+    }
+    for user in &users {
+        let ids: Vec<_> = store
+            .history(*user, 0, None, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.id)
+            .collect();
+        assert_eq!(ids.len(), 8);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    }
+}
+
+async fn store_a_batch_stores_each_idempotent_response_with_its_own_id(store: Arc<dyn Store>) {
+    let responses: Vec<IdempotentResponse> = ["k1", "k2"]
+        .iter()
+        .map(|key| IdempotentResponse {
+            scope: "p".into(),
+            key: (*key).into(),
+            status: 202,
+            body: Bytes::new(),
+        })
+        .collect();
+    for response in &responses {
+        assert_eq!(
+            store
+                .claim_idempotency_key("p", &response.key, "h", 60)
+                .await
+                .unwrap(),
+            IdempotencyClaim::Claimed
+        );
+    }
+    let notes = [
+        note(UserId::new(), None),
+        note(UserId::new(), None),
+        note(UserId::new(), None),
+    ];
+    let batch = [
+        (&notes[0], Some(&responses[0])),
+        (&notes[1], None),
+        (&notes[2], Some(&responses[1])),
+    ];
+    let stored: Vec<_> = store
+        .insert_notifications(&batch)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for (response, index) in responses.iter().zip([0, 2]) {
+        let IdempotencyClaim::Replay { status, body } = store
+            .claim_idempotency_key("p", &response.key, "h", 60)
+            .await
+            .unwrap()
+        else {
+            panic!("expected a replay for {}", response.key);
+        };
+        assert_eq!(status, 202);
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["id"], stored[index].0.id);
+    }
 }
