@@ -29,13 +29,60 @@ pub enum ConfigError {
 
 /// Which backends run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String")]
 pub enum Mode {
     /// SQLite, in-process bus, local registry, `.eml` files: no external service.
     #[default]
     Embedded,
     /// PostgreSQL, Kafka, Redis and SMTP.
     Production,
+}
+
+/// The choice in `choices` named `value`; otherwise an error naming every valid one
+/// (the configuration library's own message does not).
+///
+/// # Errors
+/// When `value` names none of `choices`.
+pub fn choose<T: Copy>(what: &str, value: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, choice)| *choice)
+        .ok_or_else(|| {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("`{n}`")).collect();
+            format!("unknown {what} `{value}`: expected {}", names.join(" or "))
+        })
+}
+
+impl TryFrom<String> for Mode {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        choose(
+            "mode",
+            &value,
+            &[
+                ("embedded", Self::Embedded),
+                ("production", Self::Production),
+            ],
+        )
+    }
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        choose(
+            "log format",
+            &value,
+            &[
+                ("auto", Self::Auto),
+                ("text", Self::Text),
+                ("json", Self::Json),
+            ],
+        )
+    }
 }
 
 /// All settings.
@@ -460,7 +507,7 @@ impl Default for MailSettings {
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String")]
 pub enum LogFormat {
     /// JSON in production mode, text in embedded mode.
     #[default]

@@ -69,20 +69,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped().await.context("while serving")
         }
         Command::Migrate(_) => {
-            match settings.mode {
+            let (applied, place) = match settings.mode {
                 config::Mode::Embedded => {
-                    startup::open_embedded_db(&settings.server.data_dir)?;
-                    println!(
-                        "schema up to date in {}",
-                        settings.server.data_dir.display()
-                    );
+                    let db = startup::open_embedded_db(&settings.server.data_dir)?;
+                    let place = settings.server.data_dir.join(startup::DATABASE_FILE);
+                    (db.migrations_applied(), place.display().to_string())
                 }
                 config::Mode::Production => {
-                    let mut settings = settings;
-                    settings.postgres.migrate_on_start = true;
-                    startup::open_postgres(&settings).await?;
-                    println!("postgres schema up to date");
+                    let applied = startup::migrate_postgres(&settings).await?;
+                    (applied, "postgres".to_owned())
                 }
+            };
+            if applied == 0 {
+                println!("{place}: schema up to date, nothing to apply");
+            } else {
+                println!("{place}: applied {applied} migration(s), schema up to date");
             }
             Ok(())
         }

@@ -326,6 +326,22 @@ fn smtp_transport(settings: &Settings, from: Mailbox) -> anyhow::Result<Arc<dyn 
     Ok(Arc::new(transport))
 }
 
+/// Applies PostgreSQL migrations not yet applied (`herald migrate`); returns how many.
+///
+/// # Errors
+/// When PostgreSQL is unreachable or a migration fails.
+pub async fn migrate_postgres(settings: &Settings) -> anyhow::Result<usize> {
+    let url = settings
+        .postgres
+        .url
+        .as_ref()
+        .context("postgres.url is not set")?;
+    let pool = postgres::pool(url.expose_secret(), 1)?;
+    postgres::migrate(&pool)
+        .await
+        .context("while migrating postgres")
+}
+
 /// Opens the PostgreSQL store, migrating it when configured to.
 ///
 /// # Errors

@@ -19,7 +19,8 @@ pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
 
 /// Mounts the WebSocket route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/ws", web::get().to(connect));
+    // A resource, so other methods get 405 rather than 404.
+    cfg.service(web::resource("/ws").get(connect));
 }
 
 #[derive(Deserialize, Default)]

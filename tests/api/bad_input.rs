@@ -137,6 +137,13 @@ async fn unknown_routes_and_methods_are_problem_json() {
         405,
         "method_not_allowed",
     );
+    // The WebSocket endpoint exists too; only its method is wrong.
+    assert_problem(
+        &app.post_raw("/ws", "application/json", b"{}".to_vec(), &[])
+            .await,
+        405,
+        "method_not_allowed",
+    );
 }
 
 #[actix_web::test]

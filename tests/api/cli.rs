@@ -31,6 +31,7 @@ fn help_explains_every_subcommand() {
 fn migrate_creates_the_schema_and_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
+    let mut said = Vec::new();
     for _ in 0..2 {
         let out = run(
             dir.path(),
@@ -42,8 +43,17 @@ fn migrate_creates_the_schema_and_is_idempotent() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        said.push(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     assert!(data.join("herald.db").exists());
+    // The first run says what it applied, the second that there was nothing to do.
+    let all = herald::backends::store::sqlite::MIGRATIONS.len();
+    assert!(
+        said[0].contains(&format!("applied {all} migration(s)")),
+        "{}",
+        said[0]
+    );
+    assert!(said[1].contains("nothing to apply"), "{}", said[1]);
 }
 
 #[test]
@@ -86,6 +96,33 @@ fn an_unknown_configuration_key_is_an_error_naming_it() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bnd"));
+}
+
+#[test]
+fn an_unknown_choice_is_an_error_naming_the_valid_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value, expected) in [
+        (
+            "HERALD__MODE",
+            "prod",
+            "expected `embedded` or `production`",
+        ),
+        (
+            "HERALD__SMTP__TLS",
+            "ssl",
+            "expected `none` or `starttls` or `tls`",
+        ),
+        (
+            "HERALD__LOG__FORMAT",
+            "xml",
+            "expected `auto` or `text` or `json`",
+        ),
+    ] {
+        let out = run(dir.path(), &["migrate"], &[(key, value)]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{key}: {stderr}");
+    }
 }
 
 #[test]

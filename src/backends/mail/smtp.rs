@@ -20,7 +20,7 @@ use super::file::build_message;
 
 /// How the connection to the relay is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String")]
 pub enum TlsMode {
     /// Plain text (a relay on localhost or a private network only).
     None,
@@ -29,6 +29,22 @@ pub enum TlsMode {
     Starttls,
     /// TLS from the first byte (port 465).
     Tls,
+}
+
+impl TryFrom<String> for TlsMode {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        crate::config::choose(
+            "smtp tls mode",
+            &value,
+            &[
+                ("none", Self::None),
+                ("starttls", Self::Starttls),
+                ("tls", Self::Tls),
+            ],
+        )
+    }
 }
 
 /// Where and how to reach the relay.

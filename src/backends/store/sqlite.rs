@@ -139,6 +139,8 @@ type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 /// `Unavailable`), an open transaction rolls back as it unwinds, and the thread goes on
 /// with the next call. The threads end when the database is dropped.
 pub struct SqliteDb {
+    /// Migrations this open applied (0 when the schema was up to date).
+    migrations_applied: usize,
     writer: mpsc::Sender<WriteJob>,
     readers: mpsc::Sender<ReadJob>,
     /// Dropped with the database, which ends the checkpoint thread.
@@ -162,7 +164,7 @@ impl SqliteDb {
     /// When the file cannot be opened, a migration fails or a thread cannot start.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut writer = open_connection(path).map_err(unavailable)?;
-        migrate(&mut writer).map_err(unavailable)?;
+        let migrations_applied = migrate(&mut writer).map_err(unavailable)?;
         // Checkpoints (the fsyncs of WAL mode) run on a thread of their own, not inside
         // whichever commit crosses the WAL threshold.
         writer
@@ -212,10 +214,16 @@ impl SqliteDb {
                 .map_err(unavailable)?;
         }
         Ok(Self {
+            migrations_applied,
             writer: writer_jobs,
             readers: reader_jobs,
             _checkpoints: stop_checkpoints,
         })
+    }
+
+    /// How many migrations opening the database applied (0: it was up to date).
+    pub fn migrations_applied(&self) -> usize {
+        self.migrations_applied
     }
 
     /// Runs `f` on the writer connection, on the writer thread.
