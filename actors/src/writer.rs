@@ -4,10 +4,17 @@
 //! relies on (database sequences alone do not give it under concurrent transactions).
 //!
 //! Group commit: publishes that arrive while a batch is being written wait in
-//! `pending` and go together in the next batch — one store transaction and one bus
-//! append for all of them where the adapters allow it. Under light load every batch
-//! holds one notification and nothing waits; under heavy load the cost of a commit is
-//! shared by up to [`MAX_BATCH`] notifications.
+//! `pending` and go together in the next batch — one store transaction for all of them
+//! where the adapter allows it. Under light load every batch holds one notification and
+//! nothing waits; under heavy load the cost of a commit is shared by up to
+//! [`MAX_BATCH`] notifications.
+//!
+//! Two lanes: a publisher is answered as soon as its batch is committed (that is the
+//! guarantee a 202 gives: the notification is in history), and the committed
+//! notifications queue for the bus, which takes them in commit order, one append at a
+//! time, all that queued up in one append. So storing the next batch overlaps waiting
+//! for the bus to acknowledge the previous one (on Kafka, most of a push's latency).
+//! When the bus falls [`MAX_UNPUBLISHED`] behind, storing waits for it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +35,8 @@ use crate::ports::{Bus, Store, StoreError};
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Most notifications written in one batch.
 pub const MAX_BATCH: usize = 256;
+/// Most committed notifications waiting for the bus before storing pauses.
+pub const MAX_UNPUBLISHED: usize = 8 * MAX_BATCH;
 
 /// What a publisher is told: the stored notification and whether it is new.
 type Outcome = Result<(Arc<Notification>, bool), StoreError>;
@@ -46,6 +55,10 @@ pub struct NotificationWriter {
     pending: Vec<Waiting>,
     /// A batch is being written; the next one starts when it is done.
     writing: bool,
+    /// Committed notifications not yet on the bus, in commit order: (key, event).
+    unpublished: Vec<(String, Bytes)>,
+    /// An append to the bus is in flight; the next one starts when it is done.
+    publishing: bool,
 }
 
 impl NotificationWriter {
@@ -57,78 +70,99 @@ impl NotificationWriter {
             stats,
             pending: Vec::new(),
             writing: false,
+            unpublished: Vec::new(),
+            publishing: false,
         }
     }
 
-    /// Writes the next batch unless one is being written; chains the one after.
+    /// Writes the next batch unless one is being written (or the bus is too far
+    /// behind); chains the one after.
     fn write_next(&mut self, ctx: &mut Context<Self>) {
-        if self.writing || self.pending.is_empty() {
+        if self.writing || self.pending.is_empty() || self.unpublished.len() >= MAX_UNPUBLISHED {
             return;
         }
         let take = self.pending.len().min(MAX_BATCH);
         let batch: Vec<Waiting> = self.pending.drain(..take).collect();
         self.writing = true;
-        let write = write_batch(
-            Arc::clone(&self.store),
-            Arc::clone(&self.bus),
-            Arc::clone(&self.stats),
-            batch,
-        );
-        ctx.spawn(write.into_actor(self).map(|(), act, ctx| {
+        let store = Arc::clone(&self.store);
+        let write = async move {
+            let results = store_batch(store, &batch).await;
+            (batch, results)
+        };
+        ctx.spawn(write.into_actor(self).map(|(batch, results), act, ctx| {
+            act.committed(batch, results);
             act.writing = false;
+            act.publish_next(ctx);
+            act.write_next(ctx);
+        }));
+    }
+
+    /// Queues what `batch` stored for the bus (in commit order), then answers its
+    /// publishers.
+    fn committed(&mut self, batch: Vec<Waiting>, results: Vec<Outcome>) {
+        let mut results = results.into_iter();
+        for waiting in batch {
+            let outcome = results.next().unwrap_or_else(|| {
+                Err(StoreError::Unavailable(
+                    "the store answered fewer items than it was given".into(),
+                ))
+            });
+            if let Ok((notification, _)) = &outcome {
+                let key = notification
+                    .user_id
+                    .map(|u| u.to_string())
+                    .unwrap_or_default();
+                self.unpublished.push((key, encode_stored(notification)));
+            }
+            // A publisher that gave up waiting no longer listens; its notification stays.
+            let _ = waiting.reply.send(outcome);
+        }
+    }
+
+    /// Appends everything committed so far to the bus unless an append is in flight;
+    /// chains the one after.
+    fn publish_next(&mut self, ctx: &mut Context<Self>) {
+        if self.publishing || self.unpublished.is_empty() {
+            return;
+        }
+        let messages = std::mem::take(&mut self.unpublished);
+        self.publishing = true;
+        let publish = publish_batch(Arc::clone(&self.bus), Arc::clone(&self.stats), messages);
+        ctx.spawn(publish.into_actor(self).map(|(), act, ctx| {
+            act.publishing = false;
+            act.publish_next(ctx);
+            // Storing may have paused while the bus was behind.
             act.write_next(ctx);
         }));
     }
 }
 
-/// Stores `batch` in one go, publishes what it stored in order, then answers each
-/// publisher.
+/// Stores `batch` in one go.
 #[instrument(skip_all, name = "writer.batch", fields(size = batch.len()))]
-async fn write_batch(
-    store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
-    stats: Arc<ActorStats>,
-    batch: Vec<Waiting>,
-) {
+async fn store_batch(store: Arc<dyn Store>, batch: &[Waiting]) -> Vec<Outcome> {
     let items: Vec<_> = batch
         .iter()
         .map(|w| (&w.publish.notification, w.publish.response.as_ref()))
         .collect();
-    let results = store.insert_notifications(&items).await;
-    drop(items);
-    let messages: Vec<(String, Bytes)> = results
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .map(|(notification, _)| {
-            let key = notification
-                .user_id
-                .map(|u| u.to_string())
-                .unwrap_or_default();
-            (key, encode_stored(notification))
-        })
-        .collect();
-    // The notifications are stored: the publishes are acknowledged even if the bus is
-    // down, and clients find them in history on resume.
-    if !messages.is_empty() {
-        match bus.publish_batch(Topic::Notifications, &messages).await {
-            Ok(()) => stats.processed(messages.len() as u64),
-            Err(err) => {
-                stats.failed(messages.len() as u64);
-                error!(error = %err, count = messages.len(), "stored notifications not published");
-            }
+    store
+        .insert_notifications(&items)
+        .await
+        .into_iter()
+        .map(|r| r.map(|(n, inserted)| (Arc::new(n), inserted)))
+        .collect()
+}
+
+/// Appends `messages` to the `notifications` topic. They are stored already: a bus
+/// that is down costs their live delivery, not the notifications (clients find them
+/// in history on resume).
+#[instrument(skip_all, name = "writer.publish", fields(size = messages.len()))]
+async fn publish_batch(bus: Arc<dyn Bus>, stats: Arc<ActorStats>, messages: Vec<(String, Bytes)>) {
+    match bus.publish_batch(Topic::Notifications, &messages).await {
+        Ok(()) => stats.processed(messages.len() as u64),
+        Err(err) => {
+            stats.failed(messages.len() as u64);
+            error!(error = %err, count = messages.len(), "stored notifications not published");
         }
-    }
-    let mut results = results.into_iter();
-    for waiting in batch {
-        let outcome = results.next().unwrap_or_else(|| {
-            Err(StoreError::Unavailable(
-                "the store answered fewer items than it was given".into(),
-            ))
-        });
-        // A publisher that gave up waiting no longer listens; its notification stays.
-        let _ = waiting
-            .reply
-            .send(outcome.map(|(n, inserted)| (Arc::new(n), inserted)));
     }
 }
 
@@ -139,6 +173,7 @@ impl Actor for NotificationWriter {
         self.stats.set_status(ActorStatus::Running);
         self.stats.heartbeat();
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, _| act.stats.heartbeat());
+        self.publish_next(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -153,6 +188,8 @@ impl Supervised for NotificationWriter {
         // hang; nothing of theirs was acknowledged.
         self.pending.clear();
         self.writing = false;
+        // What was committed still goes to the bus, after the restart.
+        self.publishing = false;
     }
 }
 

@@ -26,3 +26,4 @@ mod store;
 mod supervision;
 mod users;
 mod websocket;
+mod writer;
