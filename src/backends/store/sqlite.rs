@@ -11,6 +11,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
@@ -66,6 +67,9 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
 const READERS: usize = 2;
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+/// WAL size (pages of 4 KiB, SQLite's default) past which a checkpoint makes the WAL
+/// start over: 16 MiB.
+const WAL_RESTART_PAGES: i64 = 4096;
 
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(err.to_string())
@@ -124,6 +128,27 @@ fn insert_one(
     ))
 }
 
+/// One round of the checkpoint thread: a PASSIVE checkpoint, which copies the WAL back
+/// into the database file (and does its fsyncs) without blocking the writer or the
+/// readers. Under steady writes that never quite catches up with the end of the WAL,
+/// and the WAL starts over from its beginning only after a checkpoint that did — so it
+/// would grow for as long as the load lasts. Once it holds [`WAL_RESTART_PAGES`], a
+/// RESTART checkpoint is queued on the writer thread itself: it copies only the little
+/// the PASSIVE one left, and the next write reuses the WAL from the start (cut back to
+/// `journal_size_limit`).
+fn checkpoint(conn: &Connection, writer: &mpsc::Sender<WriteJob>, queued: &Arc<AtomicBool>) {
+    let wal_pages = conn
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+        .unwrap_or(0);
+    if wal_pages >= WAL_RESTART_PAGES && !queued.swap(true, Ordering::AcqRel) {
+        let queued = Arc::clone(queued);
+        let _ = writer.send(Box::new(move |conn: &mut Connection| {
+            let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+            queued.store(false, Ordering::Release);
+        }));
+    }
+}
+
 /// A call queued for the writer thread.
 type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 /// A call queued for whichever reader thread is free.
@@ -170,21 +195,9 @@ impl SqliteDb {
         writer
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(unavailable)?;
-        let checkpointer = open_connection(path).map_err(unavailable)?;
-        let (stop_checkpoints, stopped) = mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("sqlite-checkpoint".into())
-            .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
-                {
-                    // PASSIVE never blocks the writer or the readers; what it cannot
-                    // copy now it copies next time.
-                    let _ =
-                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                }
-                let _ = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-            })
+        // The writer is the one that starts the WAL over (and so cuts it back).
+        writer
+            .pragma_update(None, "journal_size_limit", WAL_RESTART_PAGES * 4096)
             .map_err(unavailable)?;
         let (writer_jobs, writer_queue) = mpsc::channel::<WriteJob>();
         std::thread::Builder::new()
@@ -192,6 +205,20 @@ impl SqliteDb {
             .spawn(move || {
                 while let Ok(job) = writer_queue.recv() {
                     let _ = catch_unwind(AssertUnwindSafe(|| job(&mut writer)));
+                }
+            })
+            .map_err(unavailable)?;
+        let checkpointer = open_connection(path).map_err(unavailable)?;
+        let (stop_checkpoints, stopped) = mpsc::channel::<()>();
+        let restarts = writer_jobs.clone();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                let restart_queued = Arc::new(AtomicBool::new(false));
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
+                {
+                    checkpoint(&checkpointer, &restarts, &restart_queued);
                 }
             })
             .map_err(unavailable)?;
