@@ -26,7 +26,7 @@ use herald_actors::domain::Topic;
 use herald_actors::health::HealthBoard;
 use herald_actors::janitor::Janitor;
 use herald_actors::mailer::Mailer;
-use herald_actors::messages::{CountSessions, Drain, Nudge, StopConsuming};
+use herald_actors::messages::{CountSessions, Drain, Flush, Nudge, StopConsuming};
 use herald_actors::metrics::{ActiveUsersSource, HotCounters, Metrics};
 use herald_actors::outbox_relay::OutboxRelay;
 use herald_actors::ports::{ActivityStore, Bus, MailTransport, RegistryMirror, Store};
@@ -95,6 +95,8 @@ struct Drainer {
     registry: Addr<Registry>,
     relay: Option<Addr<OutboxRelay>>,
     consumers: Vec<Addr<herald_actors::consumer::Consumer>>,
+    /// Answered publishes whose notifications may still be on their way to the bus.
+    writer: Addr<NotificationWriter>,
     store: Arc<dyn Store>,
     window: Duration,
     timeout: Duration,
@@ -530,6 +532,7 @@ impl Application {
             registry: registry.clone(),
             relay: relay.clone(),
             consumers: consumer_addrs.clone(),
+            writer: writer.clone(),
             store: Arc::clone(&store),
             window: Duration::from_secs(settings.shutdown.drain_window_secs),
             timeout: Duration::from_secs(settings.shutdown.timeout_secs.max(1)),
@@ -624,6 +627,9 @@ impl Application {
             drain.drain().await;
             // The server future must keep being polled for the stop to complete.
             let ((), result) = tokio::join!(handle.stop(true), server);
+            // In-flight publishes are answered; their notifications are stored, and
+            // now also reach the bus (other nodes' sessions wait for them).
+            let _ = drain.writer.send(Flush).await;
             result
         })
         .await;

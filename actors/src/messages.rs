@@ -124,6 +124,12 @@ pub struct Publish {
     pub response: Option<IdempotentResponse>,
 }
 
+/// Answered once everything the notification writer accepted so far is stored and
+/// on the bus (graceful shutdown waits for it).
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct Flush;
+
 /// Wakes an actor that polls a queue (outbox relay, mailer) because work was added.
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]

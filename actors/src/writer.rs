@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::domain::{Notification, Topic};
 use crate::health::{ActorStats, ActorStatus};
-use crate::messages::Publish;
+use crate::messages::{Flush, Publish};
 use crate::ports::{Bus, Store, StoreError};
 
 /// How often the writer reports its heartbeat.
@@ -59,6 +59,8 @@ pub struct NotificationWriter {
     unpublished: Vec<(String, Bytes)>,
     /// An append to the bus is in flight; the next one starts when it is done.
     publishing: bool,
+    /// Who waits for [`Flush`].
+    flushed: Vec<oneshot::Sender<()>>,
 }
 
 impl NotificationWriter {
@@ -72,6 +74,21 @@ impl NotificationWriter {
             writing: false,
             unpublished: Vec::new(),
             publishing: false,
+            flushed: Vec::new(),
+        }
+    }
+
+    /// Answers the [`Flush`] waiters once nothing is pending, stored-but-unpublished or
+    /// in flight.
+    fn answer_flushes(&mut self) {
+        let idle = !self.writing
+            && !self.publishing
+            && self.pending.is_empty()
+            && self.unpublished.is_empty();
+        if idle {
+            for waiter in self.flushed.drain(..) {
+                let _ = waiter.send(());
+            }
         }
     }
 
@@ -94,6 +111,7 @@ impl NotificationWriter {
             act.writing = false;
             act.publish_next(ctx);
             act.write_next(ctx);
+            act.answer_flushes();
         }));
     }
 
@@ -125,14 +143,19 @@ impl NotificationWriter {
         if self.publishing || self.unpublished.is_empty() {
             return;
         }
-        let messages = std::mem::take(&mut self.unpublished);
+        // They stay queued until the append is done, so a restart in between appends
+        // them again (the bus is at-least-once anyway) rather than losing them.
+        let messages = self.unpublished.clone();
         self.publishing = true;
         let publish = publish_batch(Arc::clone(&self.bus), Arc::clone(&self.stats), messages);
-        ctx.spawn(publish.into_actor(self).map(|(), act, ctx| {
+        let sent = self.unpublished.len();
+        ctx.spawn(publish.into_actor(self).map(move |(), act, ctx| {
+            act.unpublished.drain(..sent.min(act.unpublished.len()));
             act.publishing = false;
             act.publish_next(ctx);
             // Storing may have paused while the bus was behind.
             act.write_next(ctx);
+            act.answer_flushes();
         }));
     }
 }
@@ -225,6 +248,19 @@ impl Handler<Publish> for NotificationWriter {
                     "the notification writer restarted".into(),
                 ))
             })
+        })
+    }
+}
+
+impl Handler<Flush> for NotificationWriter {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
+        let (waiter, flushed) = oneshot::channel();
+        self.flushed.push(waiter);
+        self.answer_flushes();
+        Box::pin(async move {
+            let _ = flushed.await;
         })
     }
 }

@@ -164,3 +164,28 @@ async fn storing_waits_when_the_bus_is_too_far_behind() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[actix_web::test]
+async fn a_flush_waits_until_what_was_answered_is_on_the_bus() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteDb::open(&dir.path().join("herald.db")).unwrap();
+    let store = Arc::new(SqliteStore::new(Arc::new(db)));
+    let bus = Arc::new(HeldBus::default());
+    let stats = HealthBoard::new().register("writer", "NotificationWriter", true);
+    let writer = NotificationWriter::new(store, Arc::clone(&bus) as Arc<dyn Bus>, stats).start();
+    writer.send(publish(UserId::new())).await.unwrap().unwrap();
+
+    let mut flushed = Box::pin(writer.send(herald_actors::messages::Flush));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut flushed)
+            .await
+            .is_err(),
+        "flushed while the append is still held"
+    );
+    bus.gate.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), flushed)
+        .await
+        .expect("flushed once the append went through")
+        .unwrap();
+    assert_eq!(bus.appends.lock().unwrap().len(), 1);
+}

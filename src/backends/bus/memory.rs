@@ -8,8 +8,8 @@
 //! SQLite as well cost a write, a read and an offset write per batch on the push path.
 //!
 //! A log keeps what some group that subscribed has not committed yet, up to
-//! [`RETAINED`] messages; a group that falls further behind skips the oldest (logged,
-//! and still in history) rather than let the node's memory grow without bound.
+//! [`RETAINED_BYTES`] of payload; a group that falls further behind skips the oldest
+//! (logged, and still in history) rather than let the node's memory grow without bound.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,8 +25,8 @@ use herald_actors::ports::{Bus, BusError, Subscription};
 
 use super::sqlite::StartFrom;
 
-/// Most messages a topic keeps in memory.
-pub const RETAINED: usize = 100_000;
+/// Most payload bytes a topic keeps in memory.
+pub const RETAINED_BYTES: usize = 64 * 1024 * 1024;
 /// Messages handed to a subscription per lock of the log.
 const FETCH: usize = 256;
 /// Longest wait without a wake-up before looking again (a safety net only).
@@ -38,8 +38,12 @@ struct Log {
     /// Offset of `messages[0]`; offsets start at 1, as on the SQLite bus.
     first: i64,
     messages: VecDeque<(String, Bytes)>,
+    /// Payload bytes in `messages`.
+    bytes: usize,
     /// Committed offset per group that subscribed.
     committed: HashMap<String, i64>,
+    /// Messages dropped over the bound since the last warning.
+    dropped: u64,
 }
 
 impl Log {
@@ -48,20 +52,38 @@ impl Log {
         self.first + self.messages.len() as i64
     }
 
-    /// Drops what every group has committed, and the oldest beyond [`RETAINED`].
+    /// Drops what every group has committed, and the oldest beyond [`RETAINED_BYTES`].
     fn prune(&mut self, topic: Topic) {
         // Until some group subscribes, everything is kept (up to the bound).
         if let Some(done) = self.committed.values().copied().min() {
-            while self.first <= done && self.messages.pop_front().is_some() {
+            while self.first <= done {
+                let Some((_, payload)) = self.messages.pop_front() else {
+                    break;
+                };
+                self.bytes -= payload.len();
                 self.first += 1;
             }
         }
-        let over = self.messages.len().saturating_sub(RETAINED);
-        if over > 0 {
-            self.messages.drain(..over);
-            self.first += over as i64;
-            warn!(%topic, dropped = over, "a consumer group fell behind; the oldest messages were dropped from memory");
+        let dropped_before = self.dropped;
+        while self.bytes > RETAINED_BYTES {
+            let Some((_, payload)) = self.messages.pop_front() else {
+                break;
+            };
+            self.bytes -= payload.len();
+            self.first += 1;
+            self.dropped += 1;
         }
+        // One warning per thousand dropped, not one per publish.
+        if self.dropped / 1000 > dropped_before / 1000 || (dropped_before == 0 && self.dropped > 0)
+        {
+            warn!(%topic, dropped = self.dropped, "a consumer group fell behind; the oldest messages were dropped from memory");
+        }
+    }
+
+    /// Appends `messages`.
+    fn extend(&mut self, messages: &[(String, Bytes)]) {
+        self.bytes += messages.iter().map(|(_, p)| p.len()).sum::<usize>();
+        self.messages.extend(messages.iter().cloned());
     }
 }
 
@@ -140,7 +162,7 @@ impl Bus for MemoryBus {
         let log = self.topic(topic)?;
         let last = {
             let mut guard = log.lock()?;
-            guard.messages.extend(messages.iter().cloned());
+            guard.extend(messages);
             guard.prune(topic);
             guard.end() - 1
         };
@@ -295,17 +317,21 @@ mod tests {
     async fn memory_stays_bounded_when_a_group_stops_reading() {
         let bus = MemoryBus::new(&[Topic::Notifications], &[]);
         let mut stuck = bus.subscribe(Topic::Notifications, "stuck").await.unwrap();
-        let batch: Vec<_> = (0..1000).map(message).collect();
-        for _ in 0..(RETAINED / 1000 + 5) {
+        let payload = Bytes::from(vec![b'x'; 64 * 1024]);
+        let batch: Vec<_> = (0..64).map(|_| ("k".to_owned(), payload.clone())).collect();
+        let batches = RETAINED_BYTES / (64 * 64 * 1024) + 4;
+        for _ in 0..batches {
             bus.publish_batch(Topic::Notifications, &batch)
                 .await
                 .unwrap();
         }
         let log = bus.topic(Topic::Notifications).unwrap();
-        assert_eq!(log.lock().unwrap().messages.len(), RETAINED);
+        let held = log.lock().unwrap().bytes;
+        assert!(held <= RETAINED_BYTES, "{held}");
+        assert!(held > RETAINED_BYTES - 64 * 1024, "{held}");
         // The group skips to the oldest message still held.
         let next = stuck.next().await.unwrap();
-        assert_eq!(next.offset, 5001);
+        assert_eq!(next.offset, 4 * 64 + 1);
     }
 
     #[tokio::test]

@@ -75,17 +75,13 @@ impl SqliteBus {
     }
 
     /// Keeps `topics` in memory rather than in the database: for topics whose
-    /// messages are durable elsewhere already (see [`MemoryBus`]). Groups start where
-    /// they would on the database.
+    /// messages are durable elsewhere already (see [`MemoryBus`]). Every group starts
+    /// at the oldest message held: the log begins with the process, so that is what a
+    /// group that starts at the end would want too — minus the window between the
+    /// first publish and its subscription, which it must not miss.
     #[must_use]
     pub fn keep_in_memory(mut self, topics: &[Topic]) -> Self {
-        let latest: Vec<&str> = self
-            .start_from
-            .iter()
-            .filter(|(_, s)| **s == StartFrom::Latest)
-            .map(|(g, _)| g.as_str())
-            .collect();
-        self.memory = Some(MemoryBus::new(topics, &latest));
+        self.memory = Some(MemoryBus::new(topics, &[]));
         self
     }
 
