@@ -70,6 +70,8 @@ const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 /// WAL size (pages of 4 KiB, SQLite's default) past which a checkpoint makes the WAL
 /// start over: 16 MiB.
 const WAL_RESTART_PAGES: i64 = 4096;
+/// How long a RESTART checkpoint waits for the writer before it tries again later.
+const CHECKPOINT_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(err.to_string())
@@ -132,15 +134,22 @@ fn insert_one(
 /// into the database file (and does its fsyncs) without blocking the writer or the
 /// readers. Under steady writes that never quite catches up with the end of the WAL,
 /// and the WAL starts over from its beginning only after a checkpoint that did — so it
-/// would grow for as long as the load lasts. Once it holds [`WAL_RESTART_PAGES`], a
-/// RESTART checkpoint is queued on the writer thread itself: it copies only the little
-/// the PASSIVE one left, and the next write reuses the WAL from the start (cut back to
-/// `journal_size_limit`).
+/// would grow for as long as the load lasts. Past [`WAL_RESTART_PAGES`] a RESTART
+/// checkpoint holds the writer back between two of its transactions for the little the
+/// PASSIVE one left, and the next write reuses the WAL from its start. A writer that
+/// never pauses starves that attempt, so past four times the size the RESTART is
+/// queued on the writer thread itself, which cannot miss.
 fn checkpoint(conn: &Connection, writer: &mpsc::Sender<WriteJob>, queued: &Arc<AtomicBool>) {
     let wal_pages = conn
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
         .unwrap_or(0);
-    if wal_pages >= WAL_RESTART_PAGES && !queued.swap(true, Ordering::AcqRel) {
+    if wal_pages < WAL_RESTART_PAGES {
+        return;
+    }
+    let restarted = conn
+        .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0))
+        .is_ok_and(|busy| busy == 0);
+    if !restarted && wal_pages >= 4 * WAL_RESTART_PAGES && !queued.swap(true, Ordering::AcqRel) {
         let queued = Arc::clone(queued);
         let _ = writer.send(Box::new(move |conn: &mut Connection| {
             let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
@@ -195,10 +204,6 @@ impl SqliteDb {
         writer
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(unavailable)?;
-        // The writer is the one that starts the WAL over (and so cuts it back).
-        writer
-            .pragma_update(None, "journal_size_limit", WAL_RESTART_PAGES * 4096)
-            .map_err(unavailable)?;
         let (writer_jobs, writer_queue) = mpsc::channel::<WriteJob>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -209,6 +214,10 @@ impl SqliteDb {
             })
             .map_err(unavailable)?;
         let checkpointer = open_connection(path).map_err(unavailable)?;
+        // A RESTART attempt gives up soon rather than stall behind a busy writer.
+        checkpointer
+            .busy_timeout(CHECKPOINT_BUSY_TIMEOUT)
+            .map_err(unavailable)?;
         let (stop_checkpoints, stopped) = mpsc::channel::<()>();
         let restarts = writer_jobs.clone();
         std::thread::Builder::new()
