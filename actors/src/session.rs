@@ -83,7 +83,14 @@ enum ClientFrame {
 /// Whether pushes go straight to the socket or wait for a replay to finish.
 enum Delivery {
     Live,
-    Replaying { buffer: Vec<Push> },
+    /// `buffer` holds what arrived meanwhile. When it fills up, its targeted pushes
+    /// are dropped and `overflowed` is set: they are all in the user's history, so the
+    /// replay goes on from where it got to instead of switching to live (broadcasts,
+    /// which history does not hold, stay buffered).
+    Replaying {
+        buffer: Vec<Push>,
+        overflowed: bool,
+    },
 }
 
 /// One WebSocket connection.
@@ -211,7 +218,10 @@ impl WsSession {
         }
         // The stream restarts after `after`: everything newer comes again, in order,
         // even what this connection already received (the client asked for it).
-        self.delivery = Delivery::Replaying { buffer: Vec::new() };
+        self.delivery = Delivery::Replaying {
+            buffer: Vec::new(),
+            overflowed: false,
+        };
         self.last_sent = Some(after);
         self.replay_page(after, ctx);
     }
@@ -253,7 +263,14 @@ impl WsSession {
     /// Switches to live: flushes what arrived during the replay, skipping what the
     /// replay already sent.
     fn finish_replay(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        if let Delivery::Replaying { buffer } =
+        if let Delivery::Replaying { overflowed, .. } = &mut self.delivery {
+            if std::mem::take(overflowed) {
+                // Targeted pushes were dropped while replaying; history has them.
+                let after = self.last_sent.unwrap_or_default();
+                return self.replay_page(after, ctx);
+            }
+        }
+        if let Delivery::Replaying { buffer, .. } =
             std::mem::replace(&mut self.delivery, Delivery::Live)
         {
             for push in buffer {
@@ -413,8 +430,13 @@ impl Handler<Push> for WsSession {
     fn handle(&mut self, push: Push, ctx: &mut Self::Context) {
         match &mut self.delivery {
             Delivery::Live => self.deliver_live(push, ctx),
-            Delivery::Replaying { buffer } if buffer.len() < self.config.outbound_queue => {
+            Delivery::Replaying { overflowed, .. } if *overflowed && push.targeted => {}
+            Delivery::Replaying { buffer, .. } if buffer.len() < self.config.outbound_queue => {
                 buffer.push(push)
+            }
+            Delivery::Replaying { buffer, overflowed } if push.targeted => {
+                buffer.retain(|p| !p.targeted);
+                *overflowed = true;
             }
             Delivery::Replaying { .. } => Self::close(
                 ctx,

@@ -115,6 +115,29 @@ async fn connecting_with_after_while_pushes_are_being_published_sees_every_id_on
 }
 
 #[actix_web::test]
+async fn a_resume_that_outgrows_the_outbound_queue_reads_the_rest_from_history() {
+    // Far more pushes arrive during the replay than the session may buffer: they are
+    // all in history, so the replay goes on rather than closing the session as slow.
+    let app = spawn_app_with(|s| {
+        s.websocket.replay_page = 1;
+        s.websocket.outbound_queue = 128;
+    })
+    .await;
+    let user = UserId::new();
+    let token = app.tokens.issue(user, "", 3600).unwrap();
+    let publisher = app.publisher_token();
+    let stored = publish_many(app.address.clone(), publisher.clone(), user, 400, 4).await;
+
+    let mut ws = app.connect(&format!("token={token}")).await;
+    ws.send_text(&format!(r#"{{"type":"resume","after":{}}}"#, stored[0]))
+        .await;
+    assert_eq!(ws.next_json().await["id"], stored[1]);
+    let live = publish_many(app.address.clone(), publisher, user, 400, 4).await;
+    let expected: Vec<i64> = stored[2..].iter().chain(live.iter()).copied().collect();
+    assert_receives_exactly(&mut ws, &expected).await;
+}
+
+#[actix_web::test]
 async fn history_pages_ascending_after_an_id() {
     let app = spawn_app().await;
     let user = UserId::new();
