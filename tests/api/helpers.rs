@@ -846,7 +846,7 @@ impl PgTestDb {
 fn drop_schema_sql(schema: &str) -> String {
     format!(
         "SET lock_timeout = '5s'; SET statement_timeout = '20s';
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
           WHERE application_name = '{schema}' AND pid <> pg_backend_pid();
          DROP SCHEMA IF EXISTS {schema} CASCADE"
     )

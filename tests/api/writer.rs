@@ -83,14 +83,25 @@ fn publish(user: UserId) -> Publish {
     }
 }
 
-#[actix_web::test]
-async fn publishers_are_answered_on_commit_and_the_bus_gets_every_batch_in_commit_order() {
+/// A writer on a fresh SQLite store and a held bus (the data dir lives as long as the
+/// first value).
+fn held_writer() -> (
+    tempfile::TempDir,
+    Arc<HeldBus>,
+    actix::Addr<NotificationWriter>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let db = SqliteDb::open(&dir.path().join("herald.db")).unwrap();
     let store = Arc::new(SqliteStore::new(Arc::new(db)));
     let bus = Arc::new(HeldBus::default());
     let stats = HealthBoard::new().register("writer", "NotificationWriter", true);
     let writer = NotificationWriter::new(store, Arc::clone(&bus) as Arc<dyn Bus>, stats).start();
+    (dir, bus, writer)
+}
+
+#[actix_web::test]
+async fn publishers_are_answered_on_commit_and_the_bus_gets_every_batch_in_commit_order() {
+    let (_dir, bus, writer) = held_writer();
     let user = UserId::new();
 
     // The bus holds the first append: the publisher is answered anyway.
@@ -124,12 +135,7 @@ async fn publishers_are_answered_on_commit_and_the_bus_gets_every_batch_in_commi
 
 #[actix_web::test]
 async fn storing_waits_when_the_bus_is_too_far_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = SqliteDb::open(&dir.path().join("herald.db")).unwrap();
-    let store = Arc::new(SqliteStore::new(Arc::new(db)));
-    let bus = Arc::new(HeldBus::default());
-    let stats = HealthBoard::new().register("writer", "NotificationWriter", true);
-    let writer = NotificationWriter::new(store, Arc::clone(&bus) as Arc<dyn Bus>, stats).start();
+    let (_dir, bus, writer) = held_writer();
     let user = UserId::new();
 
     // One held append plus a full queue behind it.
@@ -167,12 +173,7 @@ async fn storing_waits_when_the_bus_is_too_far_behind() {
 
 #[actix_web::test]
 async fn a_flush_waits_until_what_was_answered_is_on_the_bus() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = SqliteDb::open(&dir.path().join("herald.db")).unwrap();
-    let store = Arc::new(SqliteStore::new(Arc::new(db)));
-    let bus = Arc::new(HeldBus::default());
-    let stats = HealthBoard::new().register("writer", "NotificationWriter", true);
-    let writer = NotificationWriter::new(store, Arc::clone(&bus) as Arc<dyn Bus>, stats).start();
+    let (_dir, bus, writer) = held_writer();
     writer.send(publish(UserId::new())).await.unwrap().unwrap();
 
     let mut flushed = Box::pin(writer.send(herald_actors::messages::Flush));

@@ -201,16 +201,7 @@ impl PostgresStore {
                 Some(row) => (notification_from_row(row)?, true),
                 // A repeated dedupe key: the row an earlier publish (or an earlier
                 // item of this batch) stored.
-                None => {
-                    let row = tx
-                        .query_one(
-                            &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE dedupe_key = $1"),
-                            &[&notification.dedupe_key],
-                        )
-                        .await
-                        .map_err(unavailable)?;
-                    (notification_from_row(&row)?, false)
-                }
+                None => (stored_with_key(&tx, &notification.dedupe_key).await?, false),
             });
         }
         let bodies: Vec<(&IdempotentResponse, Vec<u8>)> = batch
@@ -281,6 +272,22 @@ async fn store_response(
 }
 
 const NOTIFICATION_COLUMNS: &str = "id, user_id, event, payload, created_at";
+
+/// The notification stored earlier under `key`: what an insert that hit the dedupe
+/// key's conflict returns instead.
+async fn stored_with_key(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: &Option<String>,
+) -> Result<Notification, StoreError> {
+    let row = tx
+        .query_one(
+            &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE dedupe_key = $1"),
+            &[key],
+        )
+        .await
+        .map_err(unavailable)?;
+    notification_from_row(&row)
+}
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -489,16 +496,7 @@ impl Store for PostgresStore {
             .map_err(unavailable)?;
         let (stored, is_new) = match inserted {
             Some(row) => (notification_from_row(&row)?, true),
-            None => {
-                let row = tx
-                    .query_one(
-                        &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE dedupe_key = $1"),
-                        &[&notification.dedupe_key],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                (notification_from_row(&row)?, false)
-            }
+            None => (stored_with_key(&tx, &notification.dedupe_key).await?, false),
         };
         if let Some(response) = response {
             let body =
