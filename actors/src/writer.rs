@@ -57,8 +57,10 @@ pub struct NotificationWriter {
     writing: bool,
     /// Committed notifications not yet on the bus, in commit order: (key, event).
     unpublished: Vec<(String, Bytes)>,
-    /// An append to the bus is in flight; the next one starts when it is done.
-    publishing: bool,
+    /// The append to the bus in flight, if any; the next one starts when it is done.
+    /// Kept here too, so a restart in between appends it again (the bus is
+    /// at-least-once anyway) rather than losing it.
+    in_flight: Option<Arc<Vec<(String, Bytes)>>>,
     /// Who waits for [`Flush`].
     flushed: Vec<oneshot::Sender<()>>,
 }
@@ -73,7 +75,7 @@ impl NotificationWriter {
             pending: Vec::new(),
             writing: false,
             unpublished: Vec::new(),
-            publishing: false,
+            in_flight: None,
             flushed: Vec::new(),
         }
     }
@@ -82,7 +84,7 @@ impl NotificationWriter {
     /// in flight.
     fn answer_flushes(&mut self) {
         let idle = !self.writing
-            && !self.publishing
+            && self.in_flight.is_none()
             && self.pending.is_empty()
             && self.unpublished.is_empty();
         if idle {
@@ -140,18 +142,14 @@ impl NotificationWriter {
     /// Appends everything committed so far to the bus unless an append is in flight;
     /// chains the one after.
     fn publish_next(&mut self, ctx: &mut Context<Self>) {
-        if self.publishing || self.unpublished.is_empty() {
+        if self.in_flight.is_some() || self.unpublished.is_empty() {
             return;
         }
-        // They stay queued until the append is done, so a restart in between appends
-        // them again (the bus is at-least-once anyway) rather than losing them.
-        let messages = self.unpublished.clone();
-        self.publishing = true;
+        let messages = Arc::new(std::mem::take(&mut self.unpublished));
+        self.in_flight = Some(Arc::clone(&messages));
         let publish = publish_batch(Arc::clone(&self.bus), Arc::clone(&self.stats), messages);
-        let sent = self.unpublished.len();
-        ctx.spawn(publish.into_actor(self).map(move |(), act, ctx| {
-            act.unpublished.drain(..sent.min(act.unpublished.len()));
-            act.publishing = false;
+        ctx.spawn(publish.into_actor(self).map(|(), act, ctx| {
+            act.in_flight = None;
             act.publish_next(ctx);
             // Storing may have paused while the bus was behind.
             act.write_next(ctx);
@@ -179,7 +177,11 @@ async fn store_batch(store: Arc<dyn Store>, batch: &[Waiting]) -> Vec<Outcome> {
 /// that is down costs their live delivery, not the notifications (clients find them
 /// in history on resume).
 #[instrument(skip_all, name = "writer.publish", fields(size = messages.len()))]
-async fn publish_batch(bus: Arc<dyn Bus>, stats: Arc<ActorStats>, messages: Vec<(String, Bytes)>) {
+async fn publish_batch(
+    bus: Arc<dyn Bus>,
+    stats: Arc<ActorStats>,
+    messages: Arc<Vec<(String, Bytes)>>,
+) {
     match bus.publish_batch(Topic::Notifications, &messages).await {
         Ok(()) => stats.processed(messages.len() as u64),
         Err(err) => {
@@ -211,8 +213,12 @@ impl Supervised for NotificationWriter {
         // hang; nothing of theirs was acknowledged.
         self.pending.clear();
         self.writing = false;
-        // What was committed still goes to the bus, after the restart.
-        self.publishing = false;
+        // What was committed still goes to the bus, after the restart, in order.
+        if let Some(in_flight) = self.in_flight.take() {
+            let mut requeued = Arc::unwrap_or_clone(in_flight);
+            requeued.append(&mut self.unpublished);
+            self.unpublished = requeued;
+        }
     }
 }
 

@@ -13,7 +13,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -29,8 +28,6 @@ use super::sqlite::StartFrom;
 pub const RETAINED_BYTES: usize = 64 * 1024 * 1024;
 /// Messages handed to a subscription per lock of the log.
 const FETCH: usize = 256;
-/// Longest wait without a wake-up before looking again (a safety net only).
-const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
 /// One topic's log.
 #[derive(Default)]
@@ -242,7 +239,7 @@ impl Subscription for MemorySubscription {
             self.waker.borrow_and_update();
             self.fetch()?;
             if self.buffer.is_empty() {
-                let _ = tokio::time::timeout(IDLE_RECHECK, self.waker.changed()).await;
+                super::wait_for_publish(&mut self.waker).await;
             }
         }
     }
@@ -264,6 +261,8 @@ impl Subscription for MemorySubscription {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn message(n: usize) -> (String, Bytes) {

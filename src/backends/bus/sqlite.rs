@@ -8,7 +8,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,8 +22,6 @@ use crate::backends::store::sqlite::SqliteDb;
 
 /// Messages fetched per read.
 const FETCH: u32 = 256;
-/// Longest wait without a wake-up before looking again (a safety net only).
-const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// Handled messages between offset writes at most (see `SqliteSubscription::commit`).
 const COMMIT_EVERY: u32 = 64;
 /// Commits between prunes of fully consumed messages.
@@ -290,7 +287,7 @@ impl Subscription for SqliteSubscription {
             self.waker.borrow_and_update();
             self.fetch().await?;
             if self.buffer.is_empty() {
-                let _ = tokio::time::timeout(IDLE_RECHECK, self.waker.changed()).await;
+                super::wait_for_publish(&mut self.waker).await;
             }
         }
     }
