@@ -137,7 +137,7 @@ fn insert_one(
 /// would grow for as long as the load lasts. Past [`WAL_RESTART_PAGES`] a RESTART
 /// checkpoint holds the writer back between two of its transactions for the little the
 /// PASSIVE one left, and the next write reuses the WAL from its start. A writer that
-/// never pauses starves that attempt, so past four times the size the RESTART is
+/// never pauses starves that attempt, so past twice the size the RESTART is
 /// queued on the writer thread itself, which cannot miss.
 fn checkpoint(conn: &Connection, writer: &mpsc::Sender<WriteJob>, queued: &Arc<AtomicBool>) {
     let wal_pages = conn
@@ -149,7 +149,7 @@ fn checkpoint(conn: &Connection, writer: &mpsc::Sender<WriteJob>, queued: &Arc<A
     let restarted = conn
         .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0))
         .is_ok_and(|busy| busy == 0);
-    if !restarted && wal_pages >= 4 * WAL_RESTART_PAGES && !queued.swap(true, Ordering::AcqRel) {
+    if !restarted && wal_pages >= 2 * WAL_RESTART_PAGES && !queued.swap(true, Ordering::AcqRel) {
         let queued = Arc::clone(queued);
         let _ = writer.send(Box::new(move |conn: &mut Connection| {
             let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
