@@ -86,6 +86,7 @@ pub struct Application {
     port: u16,
     server: Server,
     board: HealthBoard,
+    bus: Arc<dyn Bus>,
     drain: Drainer,
 }
 
@@ -591,6 +592,7 @@ impl Application {
             port,
             server: server.run(),
             board,
+            bus: Arc::clone(&bus),
             drain,
         })
     }
@@ -605,6 +607,14 @@ impl Application {
         &self.board
     }
 
+    /// The node's bus, for a program that embeds Herald and publishes onto its topics
+    /// in-process (in embedded mode no other process can reach them). What it
+    /// publishes on `notifications` is delivered, not stored: storing is the writer's
+    /// job, before it publishes.
+    pub fn bus(&self) -> Arc<dyn Bus> {
+        Arc::clone(&self.bus)
+    }
+
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully: readiness fails
     /// first, sessions are closed with 1012 over a jittered window, the outbox is
     /// flushed, in-flight requests finish; all within `shutdown.timeout_secs`.
@@ -612,12 +622,24 @@ impl Application {
     /// # Errors
     /// When the server fails.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// [`Self::run_until_stopped`] with the shutdown signal of an embedding program:
+    /// serves until `stop` resolves, then shuts down the same graceful way.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let Self { server, drain, .. } = self;
         let handle = server.handle();
         let mut server = std::pin::pin!(server);
         tokio::select! {
             result = &mut server => return result,
-            () = shutdown_signal() => {}
+            () = stop => {}
         }
         info!(
             timeout_secs = drain.timeout.as_secs(),

@@ -1,6 +1,8 @@
-//! Spawns the node under test as its own process: a fresh data directory, a generated
-//! token secret (so the harness can mint tokens), a free loopback port, and — in
-//! production mode — a fresh PostgreSQL schema and Kafka topic prefix.
+//! Starts the node under test: as its own process (a fresh data directory, a
+//! generated token secret so the harness can mint tokens, a free loopback port, and —
+//! in production mode — a fresh PostgreSQL schema and Kafka topic prefix), or, for the
+//! in-process bus of embedded mode, inside the harness's own process on threads of its
+//! own.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -11,13 +13,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use herald::auth::jwt::TokenService;
 use herald::backends::bus::kafka::{KafkaBus, KafkaSettings};
+use herald::config::Settings;
+use herald::startup::Application;
 use herald_actors::ports::Bus;
 use rand::RngCore;
 use secrecy::SecretString;
 use tokio::process::{Child, Command};
 
 use crate::http::Connection;
-use crate::target::{Target, Via};
+use crate::target::{NodeProcess, Target, Via, NODE_THREAD};
 
 /// Partitions of the Kafka topics the node creates (its own default).
 const KAFKA_PARTITIONS: i32 = 6;
@@ -51,17 +55,100 @@ pub struct NodeSpec {
     pub rate_limits: bool,
 }
 
-/// A running node process.
+/// A running node.
 pub struct Node {
-    child: Child,
-    pid: u32,
+    running: Running,
     addr: SocketAddr,
     dir: tempfile::TempDir,
     tokens: TokenService,
     production: Option<(Production, String, String)>,
 }
 
+/// How the node runs.
+enum Running {
+    /// Its own process.
+    Process { child: Child, pid: u32 },
+    /// Inside this process, on [`NODE_THREAD`] and the threads actix starts from it.
+    InProcess {
+        /// Resolves the node's shutdown signal.
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+        /// The node's own bus.
+        bus: Arc<dyn Bus>,
+    },
+}
+
+/// Why a node started in-process did not come up.
+type StartResult = anyhow::Result<(u16, Arc<dyn Bus>)>;
+
 impl Node {
+    /// Starts an embedded node inside this process (its actix system on a thread named
+    /// [`NODE_THREAD`], HTTP workers and SQLite threads of its own) and waits until
+    /// `/readyz` answers 200. Sessions and HTTP still go over loopback; what this adds
+    /// is the node's own bus, which only this process can reach.
+    ///
+    /// # Errors
+    /// When the node cannot be built or does not get ready within a minute.
+    pub async fn start_in_process(spec: &NodeSpec) -> anyhow::Result<Self> {
+        if spec.production.is_some() {
+            bail!("an in-process node runs in embedded mode only");
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("herald-bench-")
+            .tempdir()
+            .context("while creating the node's data dir")?;
+        let secret = random_secret();
+        let tokens = TokenService::new(&SecretString::from(secret.clone()))?;
+        let mut settings = Settings::default();
+        settings.server.bind = "127.0.0.1:0".into();
+        settings.server.data_dir = dir.path().to_owned();
+        settings.server.workers = spec.workers.unwrap_or(0);
+        settings.auth.jwt_secret = Some(SecretString::from(secret));
+        settings.rate_limit.enabled = spec.rate_limits;
+        // The harness closes its sessions before it stops the node.
+        settings.shutdown.drain_window_secs = 1;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<StartResult>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(NODE_THREAD.into())
+            .spawn(move || {
+                actix_web::rt::System::new().block_on(async move {
+                    let app = match Application::build(settings).await {
+                        Ok(app) => app,
+                        Err(err) => {
+                            let _ = ready_tx.send(Err(err));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok((app.port(), app.bus())));
+                    let stopped = async {
+                        let _ = stop_rx.await;
+                    };
+                    if let Err(err) = app.run_until(stopped).await {
+                        eprintln!("in-process node failed: {err}");
+                    }
+                });
+            })
+            .context("while starting the node's thread")?;
+        let (port, bus) = ready_rx
+            .await
+            .context("the node's thread ended before the node was built")?
+            .context("while building the in-process node")?;
+        let mut node = Self {
+            running: Running::InProcess {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+                bus,
+            },
+            addr: ([127, 0, 0, 1], port).into(),
+            dir,
+            tokens,
+            production: None,
+        };
+        node.wait_ready(Duration::from_secs(60)).await?;
+        Ok(node)
+    }
+
     /// Starts the node and waits until `/readyz` answers 200.
     ///
     /// # Errors
@@ -72,9 +159,7 @@ impl Node {
             .prefix("herald-bench-")
             .tempdir()
             .context("while creating the node's data dir")?;
-        let mut raw = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut raw);
-        let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let secret = random_secret();
         let tokens = TokenService::new(&SecretString::from(secret.clone()))?;
         let addr = {
             let probe = TcpListener::bind("127.0.0.1:0").context("while finding a free port")?;
@@ -144,8 +229,7 @@ impl Node {
             .with_context(|| format!("while starting {}", binary.display()))?;
         let pid = child.id().context("the node exited at once")?;
         let mut node = Self {
-            child,
-            pid,
+            running: Running::Process { child, pid },
             addr,
             dir,
             tokens,
@@ -159,8 +243,10 @@ impl Node {
         let until = Instant::now() + deadline;
         let mut conn = Connection::new(self.addr);
         loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("the node exited with {status}; log:\n{}", self.log_tail());
+            if let Running::Process { child, .. } = &mut self.running {
+                if let Some(status) = child.try_wait()? {
+                    bail!("the node exited with {status}; log:\n{}", self.log_tail());
+                }
             }
             if let Ok(r) = conn.get("/readyz").await {
                 if r.status == 200 {
@@ -189,21 +275,31 @@ impl Node {
         Target {
             addr: self.addr,
             tokens: self.tokens.clone(),
-            pid: Some(self.pid),
-            mode: if self.production.is_some() {
-                "production"
-            } else {
-                "embedded"
+            process: Some(match &self.running {
+                Running::Process { pid, .. } => NodeProcess::Own(*pid),
+                Running::InProcess { .. } => NodeProcess::Shared,
+            }),
+            mode: match (&self.running, &self.production) {
+                (_, Some(_)) => "production",
+                (Running::InProcess { .. }, None) => "embedded-in-process",
+                (Running::Process { .. }, None) => "embedded",
             },
         }
     }
 
-    /// The node's own bus, opened from the harness: its Kafka topics (production mode
-    /// only).
+    /// The node's own bus: its Kafka topics, opened from the harness (production
+    /// mode), or its in-process topics (a node started with
+    /// [`Self::start_in_process`]).
     ///
     /// # Errors
     /// When the bus cannot be opened.
     pub fn bus(&self) -> anyhow::Result<Via> {
+        if let Running::InProcess { bus, .. } = &self.running {
+            return Ok(Via::Bus {
+                bus: Arc::clone(bus),
+                name: "memory",
+            });
+        }
         match &self.production {
             Some((p, _, prefix)) => {
                 let bus = KafkaBus::new(
@@ -222,24 +318,42 @@ impl Node {
                 })
             }
             None => bail!(
-                "--via bus needs production mode (--production): an embedded node keeps its \
-                 notifications topic in its own memory (the notifications are durable in its \
-                 store already), so no other process can publish onto it"
+                "an embedded node in its own process keeps its notifications topic in its \
+                 own memory, so no other process can publish onto it: start it in-process"
             ),
         }
     }
 
-    /// Stops the node (SIGTERM, then SIGKILL after 10 s) and drops its schema.
+    /// Stops the node (SIGTERM, then SIGKILL after 10 s; in-process: its shutdown
+    /// signal, waiting up to 10 s) and drops its schema.
     pub async fn stop(mut self) {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status();
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
+        match &mut self.running {
+            Running::Process { child, pid } => {
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
+                if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+            Running::InProcess { stop, thread, .. } => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+                if let Some(thread) = thread.take() {
+                    let joined = tokio::task::spawn_blocking(move || thread.join());
+                    if tokio::time::timeout(Duration::from_secs(10), joined)
+                        .await
+                        .is_err()
+                    {
+                        eprintln!("note: the in-process node did not stop within 10 s");
+                    }
+                }
+            }
         }
         if let Some((p, schema, _)) = &self.production {
             if let Err(err) = execute(
@@ -252,6 +366,13 @@ impl Node {
             }
         }
     }
+}
+
+/// A fresh token secret: 32 random bytes, hex.
+fn random_secret() -> String {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs one statement on PostgreSQL.

@@ -1,5 +1,6 @@
 //! Resident memory and CPU time of a process, read from `/proc/PID/status` and
-//! `/proc/PID/stat`.
+//! `/proc/PID/stat`, or of some of its threads (`/proc/PID/task/TID/stat`) when the
+//! node runs inside the harness's own process.
 
 use std::time::Instant;
 
@@ -39,8 +40,49 @@ pub fn sample(pid: u32) -> anyhow::Result<Sample> {
     };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("while reading /proc/{pid}/stat"))?;
-    // The command name (field 2) may contain spaces; fields after the last ')' are
-    // fixed: utime is field 14 and stime field 15 of the whole line.
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    Ok(Sample {
+        at,
+        rss_bytes: kib("VmRSS:"),
+        hwm_bytes: kib("VmHWM:"),
+        cpu_ticks: cpu_ticks(&stat),
+        fds,
+    })
+}
+
+/// [`sample`] with the CPU time of only those threads of `pid` whose name
+/// (`/proc/PID/task/TID/comm`) `select` accepts; memory and descriptors stay the whole
+/// process's, which threads do not own apart. A thread that ended took its ticks with
+/// it, so this counts long-lived threads (every node thread is one).
+///
+/// # Errors
+/// As [`sample`].
+pub fn sample_threads(pid: u32, select: impl Fn(&str) -> bool) -> anyhow::Result<Sample> {
+    let mut whole = sample(pid)?;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("while listing /proc/{pid}/task"))?;
+    let mut ticks = 0;
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if select(comm.trim_end()) {
+            if let Ok(stat) = std::fs::read_to_string(dir.join("stat")) {
+                ticks += cpu_ticks(&stat);
+            }
+        }
+    }
+    whole.cpu_ticks = ticks;
+    Ok(whole)
+}
+
+/// User plus system time from one `stat` line. The command name (field 2) may contain
+/// spaces; fields after the last ')' are fixed: utime is field 14 and stime field 15 of
+/// the whole line.
+fn cpu_ticks(stat: &str) -> u64 {
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
     let field = |n: usize| -> u64 {
@@ -49,16 +91,7 @@ pub fn sample(pid: u32) -> anyhow::Result<Sample> {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count() as u64)
-        .unwrap_or(0);
-    Ok(Sample {
-        at,
-        rss_bytes: kib("VmRSS:"),
-        hwm_bytes: kib("VmHWM:"),
-        cpu_ticks: field(14) + field(15),
-        fds,
-    })
+    field(14) + field(15)
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100, the Linux default, if that fails).
@@ -99,5 +132,33 @@ mod tests {
         let s = sample(std::process::id()).unwrap();
         assert!(s.rss_bytes > 0);
         assert!(s.fds > 0);
+    }
+
+    #[test]
+    fn a_busy_thread_is_counted_only_under_its_own_name() {
+        let (spun, spun_rx) = std::sync::mpsc::channel::<()>();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let spinner = std::thread::Builder::new()
+            .name("spin-probe".into())
+            .spawn(move || {
+                let until = Instant::now() + std::time::Duration::from_millis(300);
+                let mut x = 0u64;
+                while Instant::now() < until {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                spun.send(()).ok();
+                // Stays alive: an ended thread's ticks leave /proc/PID/task with it.
+                release_rx.recv().ok();
+            })
+            .unwrap();
+        spun_rx.recv().unwrap();
+        let pid = std::process::id();
+        let spinning = sample_threads(pid, |name| name == "spin-probe").unwrap();
+        let nobody = sample_threads(pid, |_| false).unwrap();
+        release.send(()).unwrap();
+        spinner.join().unwrap();
+        // 300 ms of spinning is about 30 ticks at 100 Hz.
+        assert!(spinning.cpu_ticks >= 10, "{spinning:?}");
+        assert_eq!(nobody.cpu_ticks, 0);
     }
 }

@@ -48,10 +48,6 @@ pub struct PushSpec {
     pub warmup: Duration,
 }
 
-fn sample(pid: Option<u32>) -> Option<Sample> {
-    pid.and_then(|p| procfs::sample(p).ok())
-}
-
 fn kib(bytes: u64) -> u64 {
     bytes / 1024
 }
@@ -111,7 +107,7 @@ async fn open_sessions(
     spec: SessionSpec,
     tally: Arc<Tally>,
 ) -> anyhow::Result<Opened> {
-    let before = sample(target.pid);
+    let before = target.sample_node();
     let base = connections(&mut Connection::new(target.addr))
         .await
         .context("the node does not report its connections (/api/analytics)")?;
@@ -127,7 +123,7 @@ async fn open_sessions(
         fleet.failed,
         started.elapsed().as_secs_f64()
     );
-    let after = sample(target.pid);
+    let after = target.sample_node();
     Ok(Opened {
         fleet,
         before,
@@ -198,12 +194,12 @@ async fn measured_drive(
     let scheduled = (load.rate * load.duration.as_secs_f64()).round() as usize;
     let tally = Arc::new(Tally::new(clock, scheduled)?);
     fleet.count_into(Arc::clone(&tally));
-    let (server0, harness0) = (sample(target.pid), sample(Some(std::process::id())));
+    let (server0, harness0) = (target.sample_node(), target.sample_harness());
     let t0 = clock.now_us();
     let stats = publish::drive_targeted(publisher, &users, load, &tally).await;
     publish::drain(&tally, drain).await;
     tokio::time::sleep(GRACE).await;
-    let (server1, harness1) = (sample(target.pid), sample(Some(std::process::id())));
+    let (server1, harness1) = (target.sample_node(), target.sample_harness());
     let accepted = tally.accepted.load(Ordering::Relaxed);
     let delivered = tally.received.load(Ordering::Relaxed);
     let span_us = tally
@@ -282,7 +278,7 @@ pub async fn push(name: &str, target: &Target, via: Via, spec: PushSpec) -> anyh
     report.delivery = Some(step.delivery);
     report.latency = Some(step.latency);
     report.publish_latency = Some(step.publish_latency);
-    report.server = target.pid.map(|_| server);
+    report.server = target.process.map(|_| server);
     report.harness_cpu_cores = Some(step.harness_cores);
     opened.close(target).await;
     Ok(report)
@@ -306,9 +302,9 @@ pub async fn idle(
     let hz = procfs::ticks_per_second();
     let tally = Arc::new(Tally::new(Clock::new(), 0)?);
     let opened = open_sessions(target, sessions, tally).await?;
-    let held = sample(target.pid);
+    let held = target.sample_node();
     tokio::time::sleep(hold).await;
-    let end = sample(target.pid);
+    let end = target.sample_node();
     let mut server = opened.server_report(end.as_ref());
     server.cpu_cores_idle = Some(round3(cores(held.as_ref(), end.as_ref(), hz)));
     let per_session = server.rss_per_session_bytes;
@@ -332,7 +328,7 @@ pub async fn idle(
         ("fds_open", json!(server.fds)),
     ]);
     report.sessions = Some(opened.sessions_report());
-    report.server = target.pid.map(|_| server);
+    report.server = target.process.map(|_| server);
     opened.close(target).await;
     Ok(report)
 }
@@ -451,7 +447,7 @@ pub async fn throughput(target: &Target, via: Via, spec: ThroughputSpec) -> anyh
         report.publish_latency = Some(best.publish_latency);
         let mut server = opened.server_report(best.end.as_ref());
         server.cpu_cores_load = best.server_cores;
-        report.server = target.pid.map(|_| server);
+        report.server = target.process.map(|_| server);
         report.harness_cpu_cores = Some(best.harness_cores);
         report.delivery = Some(best.delivery);
     }
@@ -497,7 +493,7 @@ pub async fn fanout(target: &Target, via: Via, spec: FanoutSpec) -> anyhow::Resu
     let (opened, publisher, clock) = prepare(target, via, spec.sessions, spec.warmup).await?;
     let tally = Arc::new(Tally::new(clock, usize::try_from(spec.count).unwrap_or(0))?);
     opened.fleet.count_into(Arc::clone(&tally));
-    let (server0, harness0) = (sample(target.pid), sample(Some(std::process::id())));
+    let (server0, harness0) = (target.sample_node(), target.sample_harness());
     let t0 = clock.now_us();
     let stats = publish::drive_broadcasts(
         &publisher,
@@ -511,7 +507,7 @@ pub async fn fanout(target: &Target, via: Via, spec: FanoutSpec) -> anyhow::Resu
     .await;
     publish::drain(&tally, spec.drain).await;
     tokio::time::sleep(GRACE).await;
-    let (server1, harness1) = (sample(target.pid), sample(Some(std::process::id())));
+    let (server1, harness1) = (target.sample_node(), target.sample_harness());
     let accepted = tally.accepted.load(Ordering::Relaxed);
     let delivered = tally.received.load(Ordering::Relaxed);
     let span = tally
@@ -541,7 +537,7 @@ pub async fn fanout(target: &Target, via: Via, spec: FanoutSpec) -> anyhow::Resu
     report.publish_latency = Some(tally.publish_latency());
     let mut server = opened.server_report(server1.as_ref());
     server.cpu_cores_load = round3(cores(server0.as_ref(), server1.as_ref(), hz));
-    report.server = target.pid.map(|_| server);
+    report.server = target.process.map(|_| server);
     report.harness_cpu_cores = Some(round3(cores(harness0.as_ref(), harness1.as_ref(), hz)));
     report.sessions = Some(opened.sessions_report());
     opened.close(target).await;
@@ -577,7 +573,7 @@ pub async fn signup(target: &Target, spec: SignupSpec) -> anyhow::Result<Report>
         std::collections::BTreeMap::<u16, u64>::new(),
     ));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let server0 = sample(target.pid);
+    let server0 = target.sample_node();
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..spec.concurrency.max(1) {
@@ -621,7 +617,7 @@ pub async fn signup(target: &Target, spec: SignupSpec) -> anyhow::Result<Report>
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = started.elapsed().as_secs_f64();
-    let server1 = sample(target.pid);
+    let server1 = target.sample_node();
     let latency = latencies
         .lock()
         .map(|h| Percentiles::of(&h))
@@ -640,7 +636,7 @@ pub async fn signup(target: &Target, spec: SignupSpec) -> anyhow::Result<Report>
         ("seconds", json!(round3(elapsed))),
     ]);
     report.latency = Some(latency);
-    report.server = target.pid.map(|_| ServerReport {
+    report.server = target.process.map(|_| ServerReport {
         rss_before_kib: server0.map_or(0, |s| kib(s.rss_bytes)),
         rss_after_kib: server1.map_or(0, |s| kib(s.rss_bytes)),
         rss_peak_kib: server1.map_or(0, |s| kib(s.hwm_bytes)),

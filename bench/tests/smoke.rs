@@ -7,46 +7,25 @@
     reason = "a test should fail loudly at the first broken expectation"
 )]
 
-use std::sync::mpsc;
 use std::time::Duration;
 
-use secrecy::SecretString;
-
-use herald::auth::jwt::TokenService;
-use herald::config::Settings;
-use herald::startup::Application;
+use herald_bench::node::{Node, NodeSpec};
 use herald_bench::publish::Load;
 use herald_bench::scenarios::{self, FanoutSpec, PushSpec, SessionSpec};
-use herald_bench::target::{Target, Via};
+use herald_bench::target::Via;
 
-const SECRET: &str = "bench-smoke-secret-bench-smoke-secret-01";
-
-/// Starts a node on its own thread (actix runs its own system) and returns its target.
-fn start_node(dir: &std::path::Path) -> Target {
-    let mut settings = Settings::default();
-    settings.server.bind = "127.0.0.1:0".into();
-    settings.server.data_dir = dir.to_owned();
-    settings.server.workers = 1;
-    settings.auth.jwt_secret = Some(SecretString::from(SECRET.to_owned()));
-    // One publisher on one address sends faster than the per-IP API quota allows.
-    settings.rate_limit.enabled = false;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let app = Application::build(settings).await.expect("node builds");
-            tx.send(app.port()).expect("port sent");
-            app.run_until_stopped().await.expect("node runs");
-        });
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("node started");
-    Target {
-        addr: ([127, 0, 0, 1], port).into(),
-        tokens: TokenService::new(&SecretString::from(SECRET.to_owned())).expect("tokens"),
-        pid: Some(std::process::id()),
-        mode: "embedded",
-    }
+/// An embedded node inside the test's process (port 0, fresh data dir), so both the
+/// HTTP path and the node's in-process bus can be driven.
+async fn start_node() -> Node {
+    Node::start_in_process(&NodeSpec {
+        binary: "unused: the node runs in-process".into(),
+        workers: Some(1),
+        production: None,
+        log_level: "warn".into(),
+        rate_limits: false,
+    })
+    .await
+    .expect("node starts in-process")
 }
 
 fn sessions(count: usize) -> SessionSpec {
@@ -58,8 +37,8 @@ fn sessions(count: usize) -> SessionSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_few_pushes_and_broadcasts_arrive_exactly_once() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let target = start_node(dir.path());
+    let node = start_node().await;
+    let target = node.target();
 
     let push = scenarios::push(
         "smoke",
@@ -108,4 +87,62 @@ async fn a_few_pushes_and_broadcasts_arrive_exactly_once() {
     assert_eq!(delivery.delivered, 12, "{delivery:?}");
     assert_eq!(delivery.lost, 0, "{delivery:?}");
     assert_eq!(delivery.duplicated, 0, "{delivery:?}");
+
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_and_broadcasts_put_on_the_in_process_bus_arrive_exactly_once() {
+    let node = start_node().await;
+    let target = node.target();
+    let bus = node.bus().expect("an in-process node has a bus");
+    assert_eq!(bus.name(), "memory");
+
+    let push = scenarios::push(
+        "smoke-bus",
+        &target,
+        bus.clone(),
+        PushSpec {
+            sessions: sessions(4),
+            load: Load {
+                rate: 50.0,
+                duration: Duration::from_millis(400),
+                workers: 2,
+                payload_bytes: 200,
+            },
+            drain: Duration::from_secs(20),
+            warmup: Duration::from_secs(20),
+        },
+    )
+    .await
+    .expect("push scenario over the bus runs");
+    println!("{}", push.table());
+    let delivery = push.delivery.expect("delivery report");
+    assert_eq!(delivery.accepted, 20, "{delivery:?}");
+    assert_eq!(delivery.delivered, 20, "{delivery:?}");
+    assert_eq!(delivery.lost, 0, "{delivery:?}");
+    assert_eq!(delivery.duplicated, 0, "{delivery:?}");
+    let server = push.server.expect("the in-process node is measured");
+    assert!(server.rss_sessions_kib > 0, "{server:?}");
+
+    let fanout = scenarios::fanout(
+        &target,
+        bus,
+        FanoutSpec {
+            sessions: sessions(3),
+            count: 4,
+            duration: Duration::from_secs(20),
+            window: 2,
+            payload_bytes: 100,
+            drain: Duration::from_secs(20),
+            warmup: Duration::from_secs(20),
+        },
+    )
+    .await
+    .expect("fan-out scenario over the bus runs");
+    let delivery = fanout.delivery.expect("delivery report");
+    assert_eq!(delivery.delivered, 12, "{delivery:?}");
+    assert_eq!(delivery.lost, 0, "{delivery:?}");
+    assert_eq!(delivery.duplicated, 0, "{delivery:?}");
+    node.stop().await;
 }
