@@ -567,9 +567,14 @@ impl Application {
         });
 
         let unacknowledged_limit = Duration::from_secs(settings.websocket.client_timeout_secs);
+        let fanouts = Arc::new(http::ws::FanoutSpawner::new(
+            state.registry.clone(),
+            board.clone(),
+        ));
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(fanouts.start_here())
                 .wrap(ErrorHandlers::new().default_handler(normalize_error))
                 .wrap(from_fn(http::rate_limit::limit_requests))
                 .wrap(from_fn(http::limits::limit_headers))

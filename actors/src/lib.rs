@@ -18,6 +18,7 @@
 //!   their payload is buffered.
 //! - [`pump`]: the batch-draining loop shared by the outbox relay and the mailer.
 //! - Actors, one per file: [`session`] (`WsSession`), [`registry`] (`Registry`),
+//!   [`fanout`] (`Fanout`, one per HTTP worker arbiter, for broadcasts),
 //!   [`writer`] (`NotificationWriter`), [`consumer`] (`Consumer`, one per topic),
 //!   [`outbox_relay`] (`OutboxRelay`), [`mailer`] (`Mailer`), [`janitor`] (`Janitor`),
 //!   [`metrics`] (`Metrics`), [`activity`] (`ActivityTracker`).
@@ -31,6 +32,7 @@ pub mod breaker;
 pub mod consumer;
 pub mod delivery;
 pub mod domain;
+pub mod fanout;
 pub mod frame_guard;
 pub mod health;
 pub mod janitor;

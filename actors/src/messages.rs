@@ -78,6 +78,48 @@ pub struct Connect {
     pub push: Recipient<Push>,
     /// Where close orders go.
     pub close: Recipient<CloseSession>,
+    /// `true` when the session gets broadcasts from the [`crate::fanout::Fanout`] of
+    /// its own arbiter (it sent that one a [`Join`]); the registry then leaves it out
+    /// of its own broadcast loop.
+    pub fanned_out: bool,
+}
+
+/// A session joins the fan-out of the arbiter (thread) it runs on, which delivers
+/// broadcasts to it without crossing threads.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Join {
+    /// The session's id.
+    pub session_id: SessionId,
+    /// Where pushes go.
+    pub push: Recipient<Push>,
+    /// Where close orders go (slow consumers).
+    pub close: Recipient<CloseSession>,
+}
+
+/// A session leaves its arbiter's fan-out.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct Leave {
+    /// The session.
+    pub session_id: SessionId,
+}
+
+/// A fan-out announces itself to the registry, which then hands it every broadcast.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AddFanout {
+    /// The fan-out.
+    pub fanout: Recipient<FanOut>,
+}
+
+/// One broadcast for every session of one fan-out; answered with how many sessions
+/// took it.
+#[derive(Message, Clone)]
+#[rtype(result = "usize")]
+pub struct FanOut {
+    /// What to send.
+    pub push: Push,
 }
 
 /// A session leaves the registry.

@@ -1,5 +1,8 @@
 //! `Registry`: which sessions on this node belong to which user. Consumers hand it
 //! pushes; it forwards them to the sessions' mailboxes without waiting on any of them.
+//! Broadcasts go through the [`Fanout`](crate::fanout::Fanout) of each HTTP worker
+//! arbiter, which reaches the sessions on its own thread: one message per arbiter
+//! instead of a cross-thread wake-up per session, and both cores fan out at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +14,8 @@ use tracing::warn;
 use crate::domain::UserId;
 use crate::health::{ActorStats, ActorStatus};
 use crate::messages::{
-    Broadcast, CloseSession, Connect, CountSessions, Deliver, Disconnect, Drain, Push, SessionId,
+    AddFanout, Broadcast, CloseSession, Connect, CountSessions, Deliver, Disconnect, Drain, FanOut,
+    Push, SessionId,
 };
 use crate::ports::RegistryMirror;
 
@@ -29,10 +33,13 @@ pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 /// Close code for a user's oldest session when they open more than the per-user limit.
 pub const CLOSE_TOO_MANY_SESSIONS: u16 = 4008;
 
-struct SessionHandle {
-    id: SessionId,
-    push: Recipient<Push>,
-    close: Recipient<CloseSession>,
+/// What the registry and the fan-outs hold of one session.
+pub(crate) struct SessionHandle {
+    pub(crate) id: SessionId,
+    pub(crate) push: Recipient<Push>,
+    pub(crate) close: Recipient<CloseSession>,
+    /// Broadcasts reach it through its arbiter's fan-out, not the registry.
+    pub(crate) fanned_out: bool,
 }
 
 /// Where the registry mirrors its sessions for the rest of the cluster.
@@ -49,6 +56,10 @@ pub struct Mirroring {
 pub struct Registry {
     users: HashMap<UserId, Vec<SessionHandle>>,
     sessions: usize,
+    /// Sessions that get broadcasts from the registry itself (not fanned out).
+    direct: usize,
+    /// One fan-out per HTTP worker arbiter.
+    fanouts: Vec<Recipient<FanOut>>,
     stats: Arc<ActorStats>,
     mirroring: Option<Mirroring>,
     mirror_queue: Option<tokio::sync::mpsc::Sender<MirrorUpdate>>,
@@ -77,6 +88,8 @@ impl Registry {
         Self {
             users: HashMap::new(),
             sessions: 0,
+            direct: 0,
+            fanouts: Vec::new(),
             stats,
             mirroring,
             mirror_queue: None,
@@ -162,7 +175,7 @@ impl Registry {
     /// queue means the client stopped reading: it is told to close (1013) and dropped
     /// from the registry, rather than buffering without bound. Nothing is lost — the
     /// notification is in history and the client resumes from its last id.
-    fn offer(session: &SessionHandle, push: Push) -> bool {
+    pub(crate) fn offer(session: &SessionHandle, push: Push) -> bool {
         match session.push.try_send(push) {
             Ok(()) => true,
             Err(SendError::Full(_)) => {
@@ -181,29 +194,46 @@ impl Registry {
         }
     }
 
-    /// Offers `push` to each of `sessions`, dropping the ones that cannot take it;
-    /// returns (delivered, dropped).
-    fn offer_all(sessions: &mut Vec<SessionHandle>, push: &Push) -> (usize, usize) {
-        let before = sessions.len();
-        let mut delivered = 0;
+    /// Offers `push` to each of `sessions` that `wanted` accepts, dropping the ones
+    /// that cannot take it; returns (delivered, dropped, of which not fanned out).
+    fn offer_all(
+        sessions: &mut Vec<SessionHandle>,
+        push: &Push,
+        wanted: impl Fn(&SessionHandle) -> bool,
+    ) -> (usize, usize, usize) {
+        let (mut delivered, mut dropped, mut dropped_direct) = (0, 0, 0);
         sessions.retain(|s| {
+            if !wanted(s) {
+                return true;
+            }
             let kept = Self::offer(s, push.clone());
             delivered += usize::from(kept);
+            if !kept {
+                dropped += 1;
+                dropped_direct += usize::from(!s.fanned_out);
+            }
             kept
         });
-        (delivered, before - sessions.len())
+        (delivered, dropped, dropped_direct)
     }
 
     /// Drops handles of sessions that ended without a `Disconnect`.
     fn sweep(&mut self) {
-        let mut dropped = 0;
+        let (mut dropped, mut dropped_direct) = (0, 0);
         self.users.retain(|_, sessions| {
-            let before = sessions.len();
-            sessions.retain(|s| s.push.connected());
-            dropped += before - sessions.len();
+            sessions.retain(|s| {
+                let alive = s.push.connected();
+                if !alive {
+                    dropped += 1;
+                    dropped_direct += usize::from(!s.fanned_out);
+                }
+                alive
+            });
             !sessions.is_empty()
         });
         self.sessions -= dropped;
+        self.direct -= dropped_direct;
+        self.fanouts.retain(Recipient::connected);
     }
 }
 
@@ -223,6 +253,7 @@ impl Actor for Registry {
             act.stats.heartbeat();
             act.stats.set_detail("sessions", act.sessions);
             act.stats.set_detail("users", act.users.len());
+            act.stats.set_detail("fanouts", act.fanouts.len());
         });
     }
 
@@ -236,8 +267,10 @@ impl Supervised for Registry {
         self.stats.restarted();
         // Sessions notice the restart when their pushes stop; clear state so no handle
         // to a dead session survives.
+        // The fan-outs live on the worker arbiters and keep their sessions.
         self.users.clear();
         self.sessions = 0;
+        self.direct = 0;
         self.mirror_queue = None;
     }
 }
@@ -248,8 +281,10 @@ impl Handler<Connect> for Registry {
     fn handle(&mut self, msg: Connect, _: &mut Self::Context) {
         let list = self.users.entry(msg.user_id).or_default();
         let mut evicted = Vec::new();
+        let mut evicted_direct = 0;
         while list.len() >= self.max_sessions_per_user {
             let oldest = list.remove(0);
+            evicted_direct += usize::from(!oldest.fanned_out);
             oldest.close.do_send(CloseSession {
                 code: CLOSE_TOO_MANY_SESSIONS,
                 reason: "too many sessions for this user: the oldest is closed",
@@ -260,8 +295,10 @@ impl Handler<Connect> for Registry {
             id: msg.session_id,
             push: msg.push,
             close: msg.close,
+            fanned_out: msg.fanned_out,
         });
         self.sessions = self.sessions + 1 - evicted.len();
+        self.direct = self.direct + usize::from(!msg.fanned_out) - evicted_direct;
         for id in evicted {
             self.mirror(MirrorUpdate::Remove(msg.user_id, id));
         }
@@ -274,9 +311,11 @@ impl Handler<Disconnect> for Registry {
 
     fn handle(&mut self, msg: Disconnect, _: &mut Self::Context) {
         if let Some(list) = self.users.get_mut(&msg.user_id) {
-            let before = list.len();
-            list.retain(|s| s.id != msg.session_id);
-            self.sessions -= before - list.len();
+            if let Some(at) = list.iter().position(|s| s.id == msg.session_id) {
+                let gone = list.remove(at);
+                self.sessions -= 1;
+                self.direct -= usize::from(!gone.fanned_out);
+            }
             if list.is_empty() {
                 self.users.remove(&msg.user_id);
             }
@@ -293,29 +332,63 @@ impl Handler<Deliver> for Registry {
         let Some(sessions) = self.users.get_mut(&msg.user_id) else {
             return 0;
         };
-        let (delivered, dropped) = Self::offer_all(sessions, &msg.push);
+        let (delivered, dropped, dropped_direct) = Self::offer_all(sessions, &msg.push, |_| true);
         if sessions.is_empty() {
             self.users.remove(&msg.user_id);
         }
         self.sessions -= dropped;
+        self.direct -= dropped_direct;
         delivered
     }
 }
 
 impl Handler<Broadcast> for Registry {
-    type Result = usize;
+    /// Answered once every fan-out has queued the push for its sessions, so a
+    /// consumer that waits for the answer does not run ahead of the fan-outs.
+    type Result = ResponseFuture<usize>;
 
-    fn handle(&mut self, msg: Broadcast, _: &mut Self::Context) -> usize {
+    fn handle(&mut self, msg: Broadcast, _: &mut Self::Context) -> Self::Result {
         self.stats.processed(1);
-        let (mut delivered, mut dropped) = (0, 0);
-        self.users.retain(|_, sessions| {
-            let (d, x) = Self::offer_all(sessions, &msg.push);
-            delivered += d;
-            dropped += x;
-            !sessions.is_empty()
-        });
-        self.sessions -= dropped;
-        delivered
+        let mut delivered = 0;
+        if self.direct > 0 {
+            let (mut dropped, mut dropped_direct) = (0, 0);
+            self.users.retain(|_, sessions| {
+                let (d, x, xd) = Self::offer_all(sessions, &msg.push, |s| !s.fanned_out);
+                delivered += d;
+                dropped += x;
+                dropped_direct += xd;
+                !sessions.is_empty()
+            });
+            self.sessions -= dropped;
+            self.direct -= dropped_direct;
+        }
+        // A fan-out whose arbiter stopped (server shutdown) has no sessions left.
+        self.fanouts.retain(Recipient::connected);
+        let sends: Vec<_> = self
+            .fanouts
+            .iter()
+            .map(|f| {
+                f.send(FanOut {
+                    push: msg.push.clone(),
+                })
+            })
+            .collect();
+        Box::pin(async move {
+            let fanned: usize = futures_util::future::join_all(sends)
+                .await
+                .into_iter()
+                .filter_map(Result::ok)
+                .sum();
+            delivered + fanned
+        })
+    }
+}
+
+impl Handler<AddFanout> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: AddFanout, _: &mut Self::Context) {
+        self.fanouts.push(msg.fanout);
     }
 }
 

@@ -20,11 +20,23 @@ use tracing::{debug, warn};
 
 use crate::activity::RecordActivity;
 use crate::domain::{ActivitySource, Notification, NotificationId, UserId};
+use crate::fanout::Fanout;
 use crate::frame_guard::FrameGuard;
-use crate::messages::{CloseSession, Connect, Disconnect, Push, SessionId};
+use crate::messages::{CloseSession, Connect, Disconnect, Join, Leave, Push, SessionId};
 use crate::metrics::HotCounters;
 use crate::ports::Store;
 use crate::registry::Registry;
+
+/// Where a session registers: the node's registry (targeted pushes, limits, drain)
+/// and, when it runs on an HTTP worker, that worker's fan-out (broadcasts).
+#[derive(Clone)]
+pub struct Routing {
+    /// The node's registry.
+    pub registry: Addr<Registry>,
+    /// The fan-out of the arbiter the session runs on; without one, broadcasts come
+    /// from the registry itself.
+    pub fanout: Option<Addr<Fanout>>,
+}
 
 /// Close code: the connection carried no token.
 pub const CLOSE_MISSING_TOKEN: u16 = 4001;
@@ -97,7 +109,7 @@ enum Delivery {
 pub struct WsSession {
     id: SessionId,
     admission: Admission,
-    registry: Addr<Registry>,
+    routing: Routing,
     store: Arc<dyn Store>,
     config: SessionConfig,
     counters: Arc<HotCounters>,
@@ -123,7 +135,7 @@ impl WsSession {
     /// A session for an authenticated (or rejected) upgrade.
     pub fn new(
         admission: Admission,
-        registry: Addr<Registry>,
+        routing: Routing,
         store: Arc<dyn Store>,
         config: SessionConfig,
         counters: Arc<HotCounters>,
@@ -133,7 +145,7 @@ impl WsSession {
         Self {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
             admission,
-            registry,
+            routing,
             store,
             config,
             counters,
@@ -155,7 +167,12 @@ impl WsSession {
             self.counters
                 .connections_closed
                 .fetch_add(1, Ordering::Relaxed);
-            self.registry.do_send(Disconnect {
+            if let Some(fanout) = &self.routing.fanout {
+                fanout.do_send(Leave {
+                    session_id: self.id,
+                });
+            }
+            self.routing.registry.do_send(Disconnect {
                 user_id,
                 session_id: self.id,
             });
@@ -386,6 +403,7 @@ impl Actor for WsSession {
             session_id: self.id,
             push: ctx.address().recipient(),
             close: ctx.address().recipient(),
+            fanned_out: self.routing.fanout.is_some(),
         };
         // Register before reading any client frame, so a resume can never miss a push.
         // From here on the session counts as registered: if it is dropped before the
@@ -396,7 +414,17 @@ impl Actor for WsSession {
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
         self.report_activity(ActivitySource::Connect);
-        self.registry
+        if let Some(fanout) = &self.routing.fanout {
+            // Same thread, small control message: queued at once, before any broadcast
+            // the registry could hand the fan-out for this session.
+            fanout.do_send(Join {
+                session_id: self.id,
+                push: ctx.address().recipient(),
+                close: ctx.address().recipient(),
+            });
+        }
+        self.routing
+            .registry
             .send(connect)
             .into_actor(self)
             .map(|result, act, ctx| match result {

@@ -2,20 +2,60 @@
 //! token still gets an upgrade, closed at once with 4001/4002, because browsers cannot
 //! read the status of a failed handshake.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use actix::{Addr, Supervisor};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use herald_actors::domain::NotificationId;
+use herald_actors::fanout::Fanout;
+use herald_actors::health::HealthBoard;
+use herald_actors::messages::AddFanout;
+use herald_actors::registry::Registry;
 use herald_actors::session::{
-    self, Admission, WsSession, CLOSE_INVALID_TOKEN, CLOSE_MISSING_TOKEN,
+    self, Admission, Routing, WsSession, CLOSE_INVALID_TOKEN, CLOSE_MISSING_TOKEN,
 };
 
 use super::{bearer_token, AppState};
 
 /// Close code for an upgrade request whose query string is unusable.
 pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+
+/// The fan-out of the HTTP worker a request runs on: per-worker app data, so a
+/// session joins the fan-out of its own thread.
+pub struct WorkerFanout(Addr<Fanout>);
+
+/// Starts one [`Fanout`] per HTTP worker, from the app factory (which actix runs on
+/// each worker's thread).
+pub struct FanoutSpawner {
+    registry: Addr<Registry>,
+    board: HealthBoard,
+    started: AtomicUsize,
+}
+
+impl FanoutSpawner {
+    /// A spawner announcing its fan-outs to `registry` and their health on `board`.
+    pub fn new(registry: Addr<Registry>, board: HealthBoard) -> Self {
+        Self {
+            registry,
+            board,
+            started: AtomicUsize::new(0),
+        }
+    }
+
+    /// Starts a fan-out on the current arbiter and announces it to the registry.
+    pub fn start_here(&self) -> web::Data<WorkerFanout> {
+        let n = self.started.fetch_add(1, Ordering::Relaxed);
+        let stats = self.board.register(format!("fanout:{n}"), "Fanout", false);
+        let fanout = Supervisor::start(move |_| Fanout::new(stats));
+        self.registry.do_send(AddFanout {
+            fanout: fanout.clone().recipient(),
+        });
+        web::Data::new(WorkerFanout(fanout))
+    }
+}
 
 /// Mounts the WebSocket route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -86,9 +126,15 @@ async fn connect(
             None,
         ),
     };
+    let routing = Routing {
+        registry: state.registry.clone(),
+        fanout: req
+            .app_data::<web::Data<WorkerFanout>>()
+            .map(|f| f.0.clone()),
+    };
     let session = WsSession::new(
         admission,
-        state.registry.clone(),
+        routing,
         Arc::clone(&state.store),
         state.session.clone(),
         Arc::clone(&state.counters),
