@@ -148,6 +148,26 @@ mod tests {
         }
     }
 
+    /// A fan-out whose worker is stuck: it takes each broadcast and answers much later.
+    struct StuckFanout {
+        taken: Arc<Mutex<Vec<i64>>>,
+    }
+
+    impl Actor for StuckFanout {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<FanOut> for StuckFanout {
+        type Result = ResponseFuture<usize>;
+        fn handle(&mut self, msg: FanOut, _: &mut Self::Context) -> Self::Result {
+            self.taken.lock().unwrap().push(msg.push.id);
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                1
+            })
+        }
+    }
+
     fn push(id: i64) -> Push {
         Push {
             id,
@@ -234,5 +254,33 @@ mod tests {
             until(seen, &[7, 8]).await;
         }
         assert_eq!(gone_seen.lock().unwrap().as_slice(), &[7]);
+    }
+
+    #[actix_rt::test]
+    async fn a_stuck_fan_out_does_not_hold_up_the_broadcasts_behind_it() {
+        let board = HealthBoard::new();
+        let registry = Registry::new(board.register("registry", "Registry", true)).start();
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let stuck = StuckFanout {
+            taken: Arc::clone(&taken),
+        }
+        .start();
+        registry
+            .send(AddFanout {
+                fanout: stuck.recipient(),
+            })
+            .await
+            .unwrap();
+
+        // Each broadcast is answered once the wait runs out, and still reaches the
+        // stuck fan-out, in order.
+        for id in [1, 2] {
+            let started = tokio::time::Instant::now();
+            let reached = registry.send(Broadcast { push: push(id) }).await.unwrap();
+            assert_eq!(reached, 0);
+            assert!(started.elapsed() >= crate::registry::FANOUT_WAIT);
+            assert!(started.elapsed() < Duration::from_secs(60));
+        }
+        assert_eq!(taken.lock().unwrap().as_slice(), &[1, 2]);
     }
 }

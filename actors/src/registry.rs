@@ -2,7 +2,7 @@
 //! pushes; it forwards them to the sessions' mailboxes without waiting on any of them.
 //! Broadcasts go through the [`Fanout`](crate::fanout::Fanout) of each HTTP worker
 //! arbiter, which reaches the sessions on its own thread: one message per arbiter
-//! instead of a cross-thread wake-up per session, and both cores fan out at once.
+//! instead of a cross-thread wake-up per session, and the workers fan out in parallel.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +22,11 @@ use crate::ports::RegistryMirror;
 /// How often the registry reports its heartbeat and session count.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a broadcast waits for every worker's fan-out to queue it before its
+/// consumer moves on. The wait keeps a broadcast ahead of later pushes; a worker stuck
+/// longer than this must not stall delivery for the whole node.
+pub const FANOUT_WAIT: Duration = Duration::from_secs(2);
+
 /// How often handles of vanished sessions are swept out.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -30,6 +35,9 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
 /// Close code for every session when the node shuts down (Service Restart): reconnect,
 /// preferably elsewhere, and resume from the last id.
 pub const CLOSE_SERVICE_RESTART: u16 = 1012;
+/// Close code for every session when the registry restarts (Internal Error): the
+/// sessions it forgot must reconnect to be found again.
+pub const CLOSE_REGISTRY_RESTARTED: u16 = 1011;
 /// Close code for a user's oldest session when they open more than the per-user limit.
 pub const CLOSE_TOO_MANY_SESSIONS: u16 = 4008;
 
@@ -172,8 +180,9 @@ impl Registry {
     }
 
     /// Queues `push` for one session and says whether to keep its handle. A full
-    /// queue means the client stopped reading: it is told to close (1013) and dropped
-    /// from the registry, rather than buffering without bound. Nothing is lost — the
+    /// queue means the client stopped reading: it is told to close (1013) and the
+    /// caller (the registry or a fan-out) drops its handle, rather than buffering
+    /// without bound. Nothing is lost — the
     /// notification is in history and the client resumes from its last id.
     pub(crate) fn offer(session: &SessionHandle, push: Push) -> bool {
         match session.push.try_send(push) {
@@ -265,9 +274,15 @@ impl Actor for Registry {
 impl Supervised for Registry {
     fn restarting(&mut self, _: &mut Self::Context) {
         self.stats.restarted();
-        // Sessions notice the restart when their pushes stop; clear state so no handle
-        // to a dead session survives.
-        // The fan-outs live on the worker arbiters and keep their sessions.
+        // A session the registry forgets would miss its targeted pushes from now on
+        // (its fan-out would still bring broadcasts): close every one, so clients
+        // reconnect, register again and resume from their last id.
+        for session in self.users.values().flatten() {
+            session.close.do_send(CloseSession {
+                code: CLOSE_REGISTRY_RESTARTED,
+                reason: "session registry restarted: reconnect and resume",
+            });
+        }
         self.users.clear();
         self.sessions = 0;
         self.direct = 0;
@@ -347,7 +362,7 @@ impl Handler<Broadcast> for Registry {
     /// consumer that waits for the answer does not run ahead of the fan-outs.
     type Result = ResponseFuture<usize>;
 
-    fn handle(&mut self, msg: Broadcast, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Broadcast, ctx: &mut Self::Context) -> Self::Result {
         self.stats.processed(1);
         let mut delivered = 0;
         if self.direct > 0 {
@@ -373,13 +388,31 @@ impl Handler<Broadcast> for Registry {
                 })
             })
             .collect();
+        // The sends run on the registry's context, so a fan-out whose worker is busy
+        // past the deadline still gets the broadcast; only the answer stops waiting.
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        ctx.spawn(
+            async move {
+                let fanned: usize = futures_util::future::join_all(sends)
+                    .await
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .sum();
+                let _ = answer.send(fanned);
+            }
+            .into_actor(self),
+        );
         Box::pin(async move {
-            let fanned: usize = futures_util::future::join_all(sends)
-                .await
-                .into_iter()
-                .filter_map(Result::ok)
-                .sum();
-            delivered + fanned
+            match tokio::time::timeout(FANOUT_WAIT, answered).await {
+                Ok(Ok(fanned)) => delivered + fanned,
+                _ => {
+                    warn!(
+                        wait_ms = FANOUT_WAIT.as_millis() as u64,
+                        "a worker's fan-out is behind; the broadcast stays queued for it"
+                    );
+                    delivered
+                }
+            }
         })
     }
 }

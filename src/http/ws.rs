@@ -2,7 +2,8 @@
 //! token still gets an upgrade, closed at once with 4001/4002, because browsers cannot
 //! read the status of a failed handshake.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::{Addr, Supervisor};
@@ -28,31 +29,52 @@ pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
 pub struct WorkerFanout(Addr<Fanout>);
 
 /// Starts one [`Fanout`] per HTTP worker, from the app factory (which actix runs on
-/// each worker's thread).
+/// each worker's thread, and again on the same thread when it restarts a service).
 pub struct FanoutSpawner {
+    /// Tells this spawner's fan-outs apart from another server's in the same process.
+    id: u64,
     registry: Addr<Registry>,
     board: HealthBoard,
     started: AtomicUsize,
+}
+
+/// Spawner ids.
+static NEXT_SPAWNER: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The fan-out this thread already runs, and the spawner that started it.
+    static THIS_THREADS_FANOUT: RefCell<Option<(u64, Addr<Fanout>)>> =
+        const { RefCell::new(None) };
 }
 
 impl FanoutSpawner {
     /// A spawner announcing its fan-outs to `registry` and their health on `board`.
     pub fn new(registry: Addr<Registry>, board: HealthBoard) -> Self {
         Self {
+            id: NEXT_SPAWNER.fetch_add(1, Ordering::Relaxed),
             registry,
             board,
             started: AtomicUsize::new(0),
         }
     }
 
-    /// Starts a fan-out on the current arbiter and announces it to the registry.
+    /// The fan-out of the current arbiter: the one this thread already runs, or a new
+    /// one, announced to the registry.
     pub fn start_here(&self) -> web::Data<WorkerFanout> {
+        let running = THIS_THREADS_FANOUT.with_borrow(|slot| match slot {
+            Some((id, fanout)) if *id == self.id && fanout.connected() => Some(fanout.clone()),
+            _ => None,
+        });
+        if let Some(fanout) = running {
+            return web::Data::new(WorkerFanout(fanout));
+        }
         let n = self.started.fetch_add(1, Ordering::Relaxed);
         let stats = self.board.register(format!("fanout:{n}"), "Fanout", false);
         let fanout = Supervisor::start(move |_| Fanout::new(stats));
         self.registry.do_send(AddFanout {
             fanout: fanout.clone().recipient(),
         });
+        THIS_THREADS_FANOUT.with_borrow_mut(|slot| *slot = Some((self.id, fanout.clone())));
         web::Data::new(WorkerFanout(fanout))
     }
 }
