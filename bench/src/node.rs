@@ -93,12 +93,7 @@ impl Node {
         if spec.production.is_some() {
             bail!("an in-process node runs in embedded mode only");
         }
-        let dir = tempfile::Builder::new()
-            .prefix("herald-bench-")
-            .tempdir()
-            .context("while creating the node's data dir")?;
-        let secret = random_secret();
-        let tokens = TokenService::new(&SecretString::from(secret.clone()))?;
+        let (dir, secret, tokens) = fresh_node_identity()?;
         let mut settings = Settings::default();
         settings.server.bind = "127.0.0.1:0".into();
         settings.server.data_dir = dir.path().to_owned();
@@ -155,12 +150,7 @@ impl Node {
     /// When the binary cannot start, a production service is unreachable, or the node
     /// does not get ready within a minute.
     pub async fn spawn(spec: &NodeSpec) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("herald-bench-")
-            .tempdir()
-            .context("while creating the node's data dir")?;
-        let secret = random_secret();
-        let tokens = TokenService::new(&SecretString::from(secret.clone()))?;
+        let (dir, secret, tokens) = fresh_node_identity()?;
         let addr = {
             let probe = TcpListener::bind("127.0.0.1:0").context("while finding a free port")?;
             probe.local_addr()?
@@ -366,6 +356,18 @@ impl Node {
             }
         }
     }
+}
+
+/// A node's fresh data directory, its token secret, and the token service that signs
+/// with it.
+fn fresh_node_identity() -> anyhow::Result<(tempfile::TempDir, String, TokenService)> {
+    let dir = tempfile::Builder::new()
+        .prefix("herald-bench-")
+        .tempdir()
+        .context("while creating the node's data dir")?;
+    let secret = random_secret();
+    let tokens = TokenService::new(&SecretString::from(secret.clone()))?;
+    Ok((dir, secret, tokens))
 }
 
 /// A fresh token secret: 32 random bytes, hex.

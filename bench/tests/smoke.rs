@@ -35,15 +35,14 @@ fn sessions(count: usize) -> SessionSpec {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_few_pushes_and_broadcasts_arrive_exactly_once() {
-    let node = start_node().await;
+/// Five sessions get 20 targeted pushes and three get 4 broadcasts over `via`: each
+/// message arrives exactly once, and the node is measured.
+async fn pushes_and_broadcasts_arrive_exactly_once(node: &Node, via: Via) {
     let target = node.target();
-
     let push = scenarios::push(
         "smoke",
         &target,
-        Via::Http,
+        via.clone(),
         PushSpec {
             sessions: sessions(5),
             load: Load {
@@ -65,10 +64,12 @@ async fn a_few_pushes_and_broadcasts_arrive_exactly_once() {
     assert_eq!(delivery.lost, 0, "{delivery:?}");
     assert_eq!(delivery.duplicated, 0, "{delivery:?}");
     assert_eq!(push.sessions.expect("sessions").open, 5);
+    let server = push.server.expect("the node is measured");
+    assert!(server.rss_sessions_kib > 0, "{server:?}");
 
     let fanout = scenarios::fanout(
         &target,
-        Via::Http,
+        via,
         FanoutSpec {
             sessions: sessions(3),
             count: 4,
@@ -87,62 +88,20 @@ async fn a_few_pushes_and_broadcasts_arrive_exactly_once() {
     assert_eq!(delivery.delivered, 12, "{delivery:?}");
     assert_eq!(delivery.lost, 0, "{delivery:?}");
     assert_eq!(delivery.duplicated, 0, "{delivery:?}");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_pushes_and_broadcasts_published_over_http_arrive_exactly_once() {
+    let node = start_node().await;
+    pushes_and_broadcasts_arrive_exactly_once(&node, Via::Http).await;
     node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_and_broadcasts_put_on_the_in_process_bus_arrive_exactly_once() {
     let node = start_node().await;
-    let target = node.target();
     let bus = node.bus().expect("an in-process node has a bus");
     assert_eq!(bus.name(), "memory");
-
-    let push = scenarios::push(
-        "smoke-bus",
-        &target,
-        bus.clone(),
-        PushSpec {
-            sessions: sessions(4),
-            load: Load {
-                rate: 50.0,
-                duration: Duration::from_millis(400),
-                workers: 2,
-                payload_bytes: 200,
-            },
-            drain: Duration::from_secs(20),
-            warmup: Duration::from_secs(20),
-        },
-    )
-    .await
-    .expect("push scenario over the bus runs");
-    println!("{}", push.table());
-    let delivery = push.delivery.expect("delivery report");
-    assert_eq!(delivery.accepted, 20, "{delivery:?}");
-    assert_eq!(delivery.delivered, 20, "{delivery:?}");
-    assert_eq!(delivery.lost, 0, "{delivery:?}");
-    assert_eq!(delivery.duplicated, 0, "{delivery:?}");
-    let server = push.server.expect("the in-process node is measured");
-    assert!(server.rss_sessions_kib > 0, "{server:?}");
-
-    let fanout = scenarios::fanout(
-        &target,
-        bus,
-        FanoutSpec {
-            sessions: sessions(3),
-            count: 4,
-            duration: Duration::from_secs(20),
-            window: 2,
-            payload_bytes: 100,
-            drain: Duration::from_secs(20),
-            warmup: Duration::from_secs(20),
-        },
-    )
-    .await
-    .expect("fan-out scenario over the bus runs");
-    let delivery = fanout.delivery.expect("delivery report");
-    assert_eq!(delivery.delivered, 12, "{delivery:?}");
-    assert_eq!(delivery.lost, 0, "{delivery:?}");
-    assert_eq!(delivery.duplicated, 0, "{delivery:?}");
+    pushes_and_broadcasts_arrive_exactly_once(&node, bus).await;
     node.stop().await;
 }
