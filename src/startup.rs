@@ -286,6 +286,7 @@ impl Backends {
                             partitions: settings.kafka.partitions,
                             replication_factor: settings.kafka.replication_factor,
                             linger_ms: settings.kafka.linger_ms,
+                            fetch_wait_max_ms: settings.kafka.fetch_wait_max_ms,
                             topic_prefix: settings.kafka.topic_prefix.clone(),
                         },
                         &[delivery_group.as_str()],

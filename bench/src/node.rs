@@ -298,6 +298,7 @@ impl Node {
                         partitions: KAFKA_PARTITIONS,
                         replication_factor: 1,
                         linger_ms: 1,
+                        fetch_wait_max_ms: herald::config::DEFAULT_FETCH_WAIT_MAX_MS,
                         topic_prefix: prefix.clone(),
                     },
                     &[],

@@ -517,6 +517,7 @@ impl Backdrop {
                 partitions: 2,
                 replication_factor: 1,
                 linger_ms: 0,
+                fetch_wait_max_ms: herald::config::DEFAULT_FETCH_WAIT_MAX_MS,
                 topic_prefix: self.topic_prefix.clone(),
             },
             &[],

@@ -46,6 +46,9 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// Producer `linger.ms`: batching against latency.
     pub linger_ms: u32,
+    /// Consumer `fetch.wait.max.ms`: how long the broker may hold a fetch that found
+    /// too little data.
+    pub fetch_wait_max_ms: u32,
     /// Prepended to every topic name and consumer group id, so several deployments
     /// (or test runs) can share one cluster without sharing rebalances.
     pub topic_prefix: String,
@@ -201,23 +204,12 @@ impl Bus for KafkaBus {
         } else {
             "earliest"
         };
-        let consumer: StreamConsumer<RebalanceLogger> = ClientConfig::new()
-            .set("bootstrap.servers", &self.settings.brokers)
-            .set("group.id", format!("{}{group}", self.settings.topic_prefix))
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", reset)
-            // A node that dies unannounced holds its partitions until its session times
-            // out: keep that short.
-            .set(
-                "session.timeout.ms",
-                CONSUMER_SESSION_TIMEOUT.as_millis().to_string(),
-            )
-            .create_with_context(RebalanceLogger {
-                group: group.to_owned(),
-            })
-            .map_err(unavailable)?;
+        let consumer: StreamConsumer<RebalanceLogger> =
+            consumer_config(&self.settings, group, reset)
+                .create_with_context(RebalanceLogger {
+                    group: group.to_owned(),
+                })
+                .map_err(unavailable)?;
         let name = self.name(topic);
         consumer.subscribe(&[&name]).map_err(unavailable)?;
         Ok(Box::new(KafkaSubscription {
@@ -226,6 +218,27 @@ impl Bus for KafkaBus {
             name,
         }))
     }
+}
+
+/// A consumer's settings: manual offset storing (an offset is stored only after its
+/// message was handled), a short session, and the configured fetch wait.
+fn consumer_config(settings: &KafkaSettings, group: &str, reset: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", format!("{}{group}", settings.topic_prefix))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", reset)
+        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
+        // A node that dies unannounced holds its partitions until its session times
+        // out: keep that short.
+        .set(
+            "session.timeout.ms",
+            CONSUMER_SESSION_TIMEOUT.as_millis().to_string(),
+        );
+    config
 }
 
 /// Dead letters carry their error in Kafka headers too, so tools can filter on it
@@ -350,5 +363,27 @@ impl Subscription for KafkaSubscription {
         .await
         .ok()
         .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumers_store_offsets_by_hand_and_wait_for_fetches_as_configured() {
+        let settings = KafkaSettings {
+            brokers: "127.0.0.1:9092".into(),
+            partitions: 1,
+            replication_factor: 1,
+            linger_ms: 1,
+            fetch_wait_max_ms: 10,
+            topic_prefix: "t1-".into(),
+        };
+        let config = consumer_config(&settings, "delivery", "latest");
+        assert_eq!(config.get("group.id"), Some("t1-delivery"));
+        assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(config.get("auto.offset.reset"), Some("latest"));
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("10"));
     }
 }
