@@ -119,7 +119,7 @@ async fn logins_and_websocket_sessions_count_as_activity_once_per_user() {
     for _ in 0..2 {
         let mut ws = app.connect(&format!("token={token}")).await;
         ws.send_text(r#"{"type":"ping"}"#).await;
-        assert_eq!(ws.next_json().await["type"], "pong");
+        assert_eq!(ws.next_reply().await["type"], "pong");
     }
 
     let dau = app

@@ -247,7 +247,7 @@ async fn a_fragmented_text_message_is_reassembled() {
             .await
             .unwrap();
     }
-    assert_eq!(client.next_json().await, json!({ "type": "pong" }));
+    assert_eq!(client.next_reply().await, json!({ "type": "pong" }));
 }
 
 #[actix_web::test]

@@ -597,6 +597,18 @@ impl WsClient {
         }
     }
 
+    /// The next frame that answers the client (`pong`, `error`), skipping live
+    /// notifications: the `user.joined` broadcast of a signup may arrive at any moment,
+    /// and with a fast bus it often arrives while a test waits for a reply.
+    pub async fn next_reply(&mut self) -> Value {
+        loop {
+            let frame = self.next_json().await;
+            if frame["type"] != "notification" {
+                return frame;
+            }
+        }
+    }
+
     /// The next JSON frame whose `event` is `event`, skipping others.
     pub async fn next_event(&mut self, event: &str) -> Value {
         loop {

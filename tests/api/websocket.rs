@@ -36,7 +36,7 @@ async fn a_token_that_expires_while_connected_closes_with_4003() {
         .unwrap();
     let mut ws = app.connect(&format!("token={token}")).await;
     ws.send_text(r#"{"type":"ping"}"#).await;
-    assert_eq!(ws.next_json().await["type"], "pong");
+    assert_eq!(ws.next_reply().await["type"], "pong");
     assert_eq!(ws.close_code().await, 4003);
 }
 
@@ -46,7 +46,7 @@ async fn the_token_is_accepted_in_the_authorization_header() {
     let user = app.create_user("Ada").await;
     let mut ws = app.connect_with("", Some(&user.token)).await;
     ws.send_text(r#"{"type":"ping"}"#).await;
-    assert_eq!(ws.next_json().await, json!({ "type": "pong" }));
+    assert_eq!(ws.next_reply().await, json!({ "type": "pong" }));
 }
 
 #[actix_web::test]
@@ -61,13 +61,13 @@ async fn a_malformed_frame_gets_an_error_frame_and_the_session_stays_usable() {
         r#"{"type":"resume","after":-5}"#,
     ] {
         ws.send_text(bad).await;
-        let frame = ws.next_json().await;
+        let frame = ws.next_reply().await;
         assert_eq!(frame["type"], "error", "for {bad}");
         assert_eq!(frame["code"], "invalid_frame");
         assert!(frame["detail"].is_string());
     }
     ws.send_text(r#"{"type":"ping"}"#).await;
-    assert_eq!(ws.next_json().await["type"], "pong");
+    assert_eq!(ws.next_reply().await["type"], "pong");
 }
 
 #[actix_web::test]
@@ -268,7 +268,7 @@ async fn a_client_that_answers_pings_stays_connected_past_the_idle_timeout() {
         }
     }
     ws.send_text(r#"{"type":"ping"}"#).await;
-    assert_eq!(ws.next_json().await["type"], "pong");
+    assert_eq!(ws.next_reply().await["type"], "pong");
 }
 
 #[actix_web::test]
@@ -279,20 +279,20 @@ async fn opening_more_sessions_than_the_per_user_limit_closes_the_oldest_with_40
     let mut oldest = app.connect(&query).await;
     // Each session is registered before the next opens, so "oldest" is well defined.
     oldest.send_text(r#"{"type":"ping"}"#).await;
-    assert_eq!(oldest.next_json().await["type"], "pong");
+    assert_eq!(oldest.next_reply().await["type"], "pong");
     let mut second = app.connect(&query).await;
     second.send_text(r#"{"type":"ping"}"#).await;
-    assert_eq!(second.next_json().await["type"], "pong");
+    assert_eq!(second.next_reply().await["type"], "pong");
 
     let mut third = app.connect(&query).await;
     assert_eq!(oldest.close_code().await, 4008);
     for ws in [&mut second, &mut third] {
         ws.send_text(r#"{"type":"ping"}"#).await;
-        assert_eq!(ws.next_json().await["type"], "pong");
+        assert_eq!(ws.next_reply().await["type"], "pong");
     }
     // Another user is not affected by Ada's limit.
     let grace = app.create_user("Grace").await;
     let mut other = app.connect(&format!("token={}", grace.token)).await;
     other.send_text(r#"{"type":"ping"}"#).await;
-    assert_eq!(other.next_json().await["type"], "pong");
+    assert_eq!(other.next_reply().await["type"], "pong");
 }
