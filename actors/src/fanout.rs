@@ -79,7 +79,6 @@ impl Handler<Join> for Fanout {
             id: msg.session_id,
             push: msg.push,
             close: msg.close,
-            fanned_out: true,
         });
     }
 }
@@ -190,34 +189,37 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn a_broadcast_reaches_fanned_out_and_direct_sessions_exactly_once() {
+    async fn a_broadcast_reaches_every_session_of_every_fan_out_exactly_once() {
         let board = HealthBoard::new();
         let registry = Registry::new(board.register("registry", "Registry", true)).start();
-        let fanout = Fanout::new(board.register("fanout", "Fanout", false)).start();
-        registry
-            .send(AddFanout {
-                fanout: fanout.clone().recipient(),
-            })
-            .await
-            .unwrap();
+        let workers: Vec<Addr<Fanout>> = (0..2)
+            .map(|n| Fanout::new(board.register(format!("fanout:{n}"), "Fanout", false)).start())
+            .collect();
+        for fanout in &workers {
+            registry
+                .send(AddFanout {
+                    fanout: fanout.clone().recipient(),
+                })
+                .await
+                .unwrap();
+        }
 
+        // Two sessions on the first worker, one on the second.
         let mut probes = Vec::new();
-        for (session_id, fanned_out) in [(1, true), (2, true), (3, false)] {
+        for (session_id, worker) in [(1, 0), (2, 0), (3, 1)] {
             let seen = Arc::new(Mutex::new(Vec::new()));
             let probe = Probe {
                 seen: Arc::clone(&seen),
             }
             .start();
-            if fanned_out {
-                fanout
-                    .send(Join {
-                        session_id,
-                        push: probe.clone().recipient(),
-                        close: probe.clone().recipient(),
-                    })
-                    .await
-                    .unwrap();
-            }
+            workers[worker]
+                .send(Join {
+                    session_id,
+                    push: probe.clone().recipient(),
+                    close: probe.clone().recipient(),
+                })
+                .await
+                .unwrap();
             let user_id = UserId::new();
             registry
                 .send(Connect {
@@ -225,11 +227,10 @@ mod tests {
                     session_id,
                     push: probe.clone().recipient(),
                     close: probe.clone().recipient(),
-                    fanned_out,
                 })
                 .await
                 .unwrap();
-            probes.push((session_id, user_id, probe, seen));
+            probes.push((session_id, worker, user_id, seen));
         }
 
         let reached = registry.send(Broadcast { push: push(7) }).await.unwrap();
@@ -239,8 +240,11 @@ mod tests {
         }
 
         // A session that left its fan-out (and the registry) gets nothing more.
-        let (gone, gone_user, _, gone_seen) = &probes[0];
-        fanout.send(Leave { session_id: *gone }).await.unwrap();
+        let (gone, worker, gone_user, gone_seen) = &probes[0];
+        workers[*worker]
+            .send(Leave { session_id: *gone })
+            .await
+            .unwrap();
         registry
             .send(Disconnect {
                 user_id: *gone_user,

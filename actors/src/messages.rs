@@ -78,10 +78,6 @@ pub struct Connect {
     pub push: Recipient<Push>,
     /// Where close orders go.
     pub close: Recipient<CloseSession>,
-    /// `true` when the session gets broadcasts from the [`crate::fanout::Fanout`] of
-    /// its own arbiter (it sent that one a [`Join`]); the registry then leaves it out
-    /// of its own broadcast loop.
-    pub fanned_out: bool,
 }
 
 /// A session joins the fan-out of the arbiter (thread) it runs on, which delivers

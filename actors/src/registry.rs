@@ -46,8 +46,6 @@ pub(crate) struct SessionHandle {
     pub(crate) id: SessionId,
     pub(crate) push: Recipient<Push>,
     pub(crate) close: Recipient<CloseSession>,
-    /// Broadcasts reach it through its arbiter's fan-out, not the registry.
-    pub(crate) fanned_out: bool,
 }
 
 /// Where the registry mirrors its sessions for the rest of the cluster.
@@ -64,9 +62,8 @@ pub struct Mirroring {
 pub struct Registry {
     users: HashMap<UserId, Vec<SessionHandle>>,
     sessions: usize,
-    /// Sessions that get broadcasts from the registry itself (not fanned out).
-    direct: usize,
-    /// One fan-out per HTTP worker arbiter.
+    /// One fan-out per HTTP worker arbiter: every session is in one, and broadcasts
+    /// reach the sessions only through them.
     fanouts: Vec<Recipient<FanOut>>,
     stats: Arc<ActorStats>,
     mirroring: Option<Mirroring>,
@@ -96,7 +93,6 @@ impl Registry {
         Self {
             users: HashMap::new(),
             sessions: 0,
-            direct: 0,
             fanouts: Vec::new(),
             stats,
             mirroring,
@@ -182,8 +178,8 @@ impl Registry {
     /// Queues `push` for one session and says whether to keep its handle. A full
     /// queue means the client stopped reading: it is told to close (1013) and the
     /// caller (the registry or a fan-out) drops its handle, rather than buffering
-    /// without bound. Nothing is lost — the
-    /// notification is in history and the client resumes from its last id.
+    /// without bound. Nothing is lost — the notification is in history and the client
+    /// resumes from its last id.
     pub(crate) fn offer(session: &SessionHandle, push: Push) -> bool {
         match session.push.try_send(push) {
             Ok(()) => true,
@@ -203,45 +199,30 @@ impl Registry {
         }
     }
 
-    /// Offers `push` to each of `sessions` that `wanted` accepts, dropping the ones
-    /// that cannot take it; returns (delivered, dropped, of which not fanned out).
-    fn offer_all(
-        sessions: &mut Vec<SessionHandle>,
-        push: &Push,
-        wanted: impl Fn(&SessionHandle) -> bool,
-    ) -> (usize, usize, usize) {
-        let (mut delivered, mut dropped, mut dropped_direct) = (0, 0, 0);
+    /// Offers `push` to each of `sessions`, dropping the ones that cannot take it;
+    /// returns (delivered, dropped).
+    fn offer_all(sessions: &mut Vec<SessionHandle>, push: &Push) -> (usize, usize) {
+        let before = sessions.len();
+        let mut delivered = 0;
         sessions.retain(|s| {
-            if !wanted(s) {
-                return true;
-            }
             let kept = Self::offer(s, push.clone());
             delivered += usize::from(kept);
-            if !kept {
-                dropped += 1;
-                dropped_direct += usize::from(!s.fanned_out);
-            }
             kept
         });
-        (delivered, dropped, dropped_direct)
+        (delivered, before - sessions.len())
     }
 
-    /// Drops handles of sessions that ended without a `Disconnect`.
+    /// Drops handles of sessions that ended without a `Disconnect`, and fan-outs whose
+    /// arbiter stopped.
     fn sweep(&mut self) {
-        let (mut dropped, mut dropped_direct) = (0, 0);
+        let mut dropped = 0;
         self.users.retain(|_, sessions| {
-            sessions.retain(|s| {
-                let alive = s.push.connected();
-                if !alive {
-                    dropped += 1;
-                    dropped_direct += usize::from(!s.fanned_out);
-                }
-                alive
-            });
+            let before = sessions.len();
+            sessions.retain(|s| s.push.connected());
+            dropped += before - sessions.len();
             !sessions.is_empty()
         });
         self.sessions -= dropped;
-        self.direct -= dropped_direct;
         self.fanouts.retain(Recipient::connected);
     }
 }
@@ -285,7 +266,6 @@ impl Supervised for Registry {
         }
         self.users.clear();
         self.sessions = 0;
-        self.direct = 0;
         self.mirror_queue = None;
     }
 }
@@ -296,10 +276,8 @@ impl Handler<Connect> for Registry {
     fn handle(&mut self, msg: Connect, _: &mut Self::Context) {
         let list = self.users.entry(msg.user_id).or_default();
         let mut evicted = Vec::new();
-        let mut evicted_direct = 0;
         while list.len() >= self.max_sessions_per_user {
             let oldest = list.remove(0);
-            evicted_direct += usize::from(!oldest.fanned_out);
             oldest.close.do_send(CloseSession {
                 code: CLOSE_TOO_MANY_SESSIONS,
                 reason: "too many sessions for this user: the oldest is closed",
@@ -310,10 +288,8 @@ impl Handler<Connect> for Registry {
             id: msg.session_id,
             push: msg.push,
             close: msg.close,
-            fanned_out: msg.fanned_out,
         });
         self.sessions = self.sessions + 1 - evicted.len();
-        self.direct = self.direct + usize::from(!msg.fanned_out) - evicted_direct;
         for id in evicted {
             self.mirror(MirrorUpdate::Remove(msg.user_id, id));
         }
@@ -326,11 +302,9 @@ impl Handler<Disconnect> for Registry {
 
     fn handle(&mut self, msg: Disconnect, _: &mut Self::Context) {
         if let Some(list) = self.users.get_mut(&msg.user_id) {
-            if let Some(at) = list.iter().position(|s| s.id == msg.session_id) {
-                let gone = list.remove(at);
-                self.sessions -= 1;
-                self.direct -= usize::from(!gone.fanned_out);
-            }
+            let before = list.len();
+            list.retain(|s| s.id != msg.session_id);
+            self.sessions -= before - list.len();
             if list.is_empty() {
                 self.users.remove(&msg.user_id);
             }
@@ -347,12 +321,11 @@ impl Handler<Deliver> for Registry {
         let Some(sessions) = self.users.get_mut(&msg.user_id) else {
             return 0;
         };
-        let (delivered, dropped, dropped_direct) = Self::offer_all(sessions, &msg.push, |_| true);
+        let (delivered, dropped) = Self::offer_all(sessions, &msg.push);
         if sessions.is_empty() {
             self.users.remove(&msg.user_id);
         }
         self.sessions -= dropped;
-        self.direct -= dropped_direct;
         delivered
     }
 }
@@ -364,19 +337,6 @@ impl Handler<Broadcast> for Registry {
 
     fn handle(&mut self, msg: Broadcast, ctx: &mut Self::Context) -> Self::Result {
         self.stats.processed(1);
-        let mut delivered = 0;
-        if self.direct > 0 {
-            let (mut dropped, mut dropped_direct) = (0, 0);
-            self.users.retain(|_, sessions| {
-                let (d, x, xd) = Self::offer_all(sessions, &msg.push, |s| !s.fanned_out);
-                delivered += d;
-                dropped += x;
-                dropped_direct += xd;
-                !sessions.is_empty()
-            });
-            self.sessions -= dropped;
-            self.direct -= dropped_direct;
-        }
         // A fan-out whose arbiter stopped (server shutdown) has no sessions left.
         self.fanouts.retain(Recipient::connected);
         let sends: Vec<_> = self
@@ -404,13 +364,13 @@ impl Handler<Broadcast> for Registry {
         );
         Box::pin(async move {
             match tokio::time::timeout(FANOUT_WAIT, answered).await {
-                Ok(Ok(fanned)) => delivered + fanned,
+                Ok(Ok(fanned)) => fanned,
                 _ => {
                     warn!(
                         wait_ms = FANOUT_WAIT.as_millis() as u64,
                         "a worker's fan-out is behind; the broadcast stays queued for it"
                     );
-                    delivered
+                    0
                 }
             }
         })

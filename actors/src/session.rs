@@ -28,14 +28,13 @@ use crate::ports::Store;
 use crate::registry::Registry;
 
 /// Where a session registers: the node's registry (targeted pushes, limits, drain)
-/// and, when it runs on an HTTP worker, that worker's fan-out (broadcasts).
+/// and the fan-out of the HTTP worker it runs on (broadcasts).
 #[derive(Clone)]
 pub struct Routing {
     /// The node's registry.
     pub registry: Addr<Registry>,
-    /// The fan-out of the arbiter the session runs on; without one, broadcasts come
-    /// from the registry itself.
-    pub fanout: Option<Addr<Fanout>>,
+    /// The fan-out of the arbiter the session runs on.
+    pub fanout: Addr<Fanout>,
 }
 
 /// Close code: the connection carried no token.
@@ -167,11 +166,9 @@ impl WsSession {
             self.counters
                 .connections_closed
                 .fetch_add(1, Ordering::Relaxed);
-            if let Some(fanout) = &self.routing.fanout {
-                fanout.do_send(Leave {
-                    session_id: self.id,
-                });
-            }
+            self.routing.fanout.do_send(Leave {
+                session_id: self.id,
+            });
             self.routing.registry.do_send(Disconnect {
                 user_id,
                 session_id: self.id,
@@ -403,7 +400,6 @@ impl Actor for WsSession {
             session_id: self.id,
             push: ctx.address().recipient(),
             close: ctx.address().recipient(),
-            fanned_out: self.routing.fanout.is_some(),
         };
         // Register before reading any client frame, so a resume can never miss a push.
         // From here on the session counts as registered: if it is dropped before the
@@ -414,15 +410,13 @@ impl Actor for WsSession {
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
         self.report_activity(ActivitySource::Connect);
-        if let Some(fanout) = &self.routing.fanout {
-            // Same thread, small control message: queued at once, before any broadcast
-            // the registry could hand the fan-out for this session.
-            fanout.do_send(Join {
-                session_id: self.id,
-                push: ctx.address().recipient(),
-                close: ctx.address().recipient(),
-            });
-        }
+        // Same thread, small control message: queued at once, before any broadcast the
+        // registry could hand the fan-out for this session.
+        self.routing.fanout.do_send(Join {
+            session_id: self.id,
+            push: ctx.address().recipient(),
+            close: ctx.address().recipient(),
+        });
         self.routing
             .registry
             .send(connect)

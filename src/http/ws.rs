@@ -148,11 +148,15 @@ async fn connect(
             None,
         ),
     };
+    let Some(fanout) = req.app_data::<web::Data<WorkerFanout>>() else {
+        return Err(super::problem::ApiError::Unexpected(anyhow::anyhow!(
+            "this HTTP worker has no fan-out (the app factory adds one)"
+        ))
+        .into());
+    };
     let routing = Routing {
         registry: state.registry.clone(),
-        fanout: req
-            .app_data::<web::Data<WorkerFanout>>()
-            .map(|f| f.0.clone()),
+        fanout: fanout.0.clone(),
     };
     let session = WsSession::new(
         admission,
